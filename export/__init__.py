@@ -1,0 +1,1 @@
+"""Everything after a trained checkpoint: SavedModel, TFLite, edge bundle."""

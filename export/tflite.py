@@ -1,0 +1,143 @@
+"""TFLite variants, converted from a SavedModel written by ExportArchive.
+
+The TFLite model takes int32 token ids (batch, max_sequence_length) and
+returns float32 probabilities (batch, num_classes); tokenization happens in
+the app (tensorflow-text ops have no TFLite kernels in ai-edge-litert).
+Each variant is checked with ai_edge_litert against the Keras model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from export.saved_model import float32_model
+from pipeline.tokenizer import PAD_ID
+
+INPUT_NAME, OUTPUT_NAME, SIGNATURE = "token_ids", "probabilities", "serving_default"
+
+
+def write_tflite_source(model: keras.Model, directory: str) -> str:
+    """SavedModel with one int32 token-id signature, the converter's input."""
+    model = float32_model(model)
+    length = model.max_sequence_length
+
+    def probabilities(token_ids):
+        logits = model({"token_ids": token_ids,
+                        "padding_mask": tf.not_equal(token_ids, PAD_ID)}, training=False)
+        return {OUTPUT_NAME: tf.nn.softmax(logits, axis=-1)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SIGNATURE, probabilities, input_signature=[
+        tf.TensorSpec([None, length], tf.int32, name=INPUT_NAME)])
+    archive.write_out(directory, verbose=False)
+    return directory
+
+
+def convert(saved_model_dir: str, variant: str) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        saved_model_dir, signature_keys=[SIGNATURE])
+    if variant == "dynamic_range":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif variant != "float32":
+        raise ValueError(f"export.tflite_variants: unknown variant {variant!r}")
+    return converter.convert()
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def export_tflite(model: keras.Model, variants: list[str], out_dir: str,
+                  log=print) -> dict[str, str]:
+    """Writes out_dir/<variant>.tflite for each variant; returns their paths."""
+    paths = {}
+    source = tempfile.mkdtemp(prefix="tflite-source-")
+    try:
+        write_tflite_source(model, source)
+        for variant in variants:
+            start = time.time()
+            path = os.path.join(out_dir, f"{variant}.tflite")
+            write_atomic(path, convert(source, variant))
+            paths[variant] = path
+            log(f"[export] TFLite {variant}: {path} "
+                f"({os.path.getsize(path) / 1e6:.2f} MB, {time.time() - start:.1f}s)")
+    finally:
+        shutil.rmtree(source, ignore_errors=True)
+    return paths
+
+
+class TFLiteClassifier:
+    """Runs a converted model with ai_edge_litert (the runtime the edge app uses)."""
+
+    def __init__(self, path: str, num_threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
+        self.runner = self.interpreter.get_signature_runner(SIGNATURE)
+
+    def __call__(self, token_ids: np.ndarray) -> np.ndarray:
+        return self.runner(**{INPUT_NAME: token_ids.astype(np.int32)})[OUTPUT_NAME]
+
+    def predict(self, token_ids: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        return np.concatenate([self(token_ids[i:i + batch_size])
+                               for i in range(0, len(token_ids), batch_size)])
+
+
+def measure_latency_ms(path: str, example: np.ndarray, runs: int = 100,
+                       num_threads: int = 1) -> dict:
+    """Batch-1 latency: median and p90 over `runs` runs after 10 warm-up runs."""
+    classifier = TFLiteClassifier(path, num_threads=num_threads)
+    example = example[None, :] if example.ndim == 1 else example[:1]
+    for _ in range(10):
+        classifier(example)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        classifier(example)
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": round(float(np.median(times)), 3),
+            "p90_ms": round(float(np.percentile(times, 90)), 3),
+            "runs": runs, "threads": num_threads}
+
+
+def evaluate_tflite(paths: dict[str, str], token_ids: np.ndarray, labels: np.ndarray,
+                    keras_probabilities: np.ndarray, latency_runs: int = 100,
+                    log=print) -> dict[str, dict]:
+    """Accuracy, agreement with Keras, size and batch-1 latency per variant."""
+    keras_pred = keras_probabilities.argmax(-1)
+    results = {}
+    for variant, path in paths.items():
+        start = time.time()
+        probabilities = TFLiteClassifier(path).predict(token_ids)
+        pred = probabilities.argmax(-1)
+        latency = {f"threads_{n}": measure_latency_ms(path, token_ids[0], latency_runs, n)
+                   for n in (1, 2)}
+        results[variant] = {
+            "path": path,
+            "size_bytes": os.path.getsize(path),
+            "accuracy": float(np.mean(pred == labels)),
+            "agreement_with_keras": float(np.mean(pred == keras_pred)),
+            "max_abs_probability_diff": float(np.max(np.abs(
+                probabilities - keras_probabilities))),
+            "latency_batch1": latency,
+            "examples": int(len(labels)),
+        }
+        r = results[variant]
+        log(f"[tflite] {variant}: accuracy {r['accuracy']:.4f}, agreement with Keras "
+            f"{r['agreement_with_keras']:.4f}, {r['size_bytes'] / 1e6:.2f} MB, batch-1 "
+            f"median {latency['threads_1']['median_ms']:.2f} ms (1 thread) / "
+            f"{latency['threads_2']['median_ms']:.2f} ms (2 threads) "
+            f"({time.time() - start:.1f}s)")
+    return results

@@ -1,0 +1,284 @@
+"""`python -m pipeline <command>`: the command line of the pipeline.
+
+This module is the composition root: it runs the stages of pipeline/ and, for
+`run` and `export`, the export/ package on the trained model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+EXAMPLES = """\
+examples:
+  python -m pipeline run configs/text_classification.yaml
+  python -m pipeline run configs/text_classification_debug.yaml --set train.epochs=2
+  python -m pipeline prepare configs/text_classification.yaml
+  python -m pipeline train configs/text_classification.yaml --set runtime.strategy=mirrored \\
+      --set runtime.logical_cpu_devices=2
+  python -m pipeline evaluate configs/text_classification.yaml
+  python -m pipeline export configs/text_classification.yaml
+  python -m pipeline show-config configs/text_classification.yaml --set model.num_layers=4
+
+Every run writes under artifacts/<experiment name>/; running the same command
+again resumes training from the latest checkpoint there.
+"""
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _resolve(args):
+    from pipeline.config import load_config
+
+    return load_config(args.config, args.set or [])
+
+
+def prepare(cfg):
+    """Data (with its card) and the tokenizer; returns (splits, tokenizer path)."""
+    from pipeline.evaluate import write_json
+    from pipeline.sources import format_data_card, load_splits
+    from pipeline.tokenizer import train_sentencepiece, write_labels
+
+    cfg.save(os.path.join(cfg.run_dir, "config.yaml"))
+    splits = load_splits(cfg.data, cfg.runtime.artifacts_root, log=log)
+    card = splits.data_card()
+    log(format_data_card(card))
+    write_json(os.path.join(cfg.run_dir, "data_card.json"), card)
+    tokenizer_dir = os.path.join(cfg.run_dir, "tokenizer")
+    tokenizer_path = train_sentencepiece(splits.texts["train"], cfg.tokenizer,
+                                         tokenizer_dir, log=log)
+    write_labels(splits.label_names, tokenizer_dir)
+    return splits, tokenizer_path
+
+
+def test_token_ids(cfg, splits, tokenizer_path):
+    """Token ids and labels of the test split as numpy, padded to max length."""
+    import numpy as np
+
+    from pipeline.input import make_eval_dataset
+    from pipeline.tokenizer import InGraphTokenizer, read_model
+
+    tokenizer = InGraphTokenizer(read_model(tokenizer_path), cfg.model.max_sequence_length)
+    batches = list(make_eval_dataset(splits.dataset("test"), tokenizer, cfg, 256))
+    ids = np.concatenate([b[0]["token_ids"].numpy() for b in batches])
+    labels = np.concatenate([b[1].numpy() for b in batches])
+    return ids, labels
+
+
+def evaluate_model(cfg, splits, tokenizer_path, model, baseline=True):
+    """Test metrics of the model and the baseline, confusion matrix PNG."""
+    import numpy as np
+
+    from pipeline.evaluate import (classification_metrics, plot_confusion_matrix,
+                                   tfidf_baseline)
+    from pipeline.input import make_eval_dataset
+    from pipeline.tokenizer import InGraphTokenizer, read_model
+    from pipeline.train import predict_logits
+
+    start = time.time()
+    tokenizer = InGraphTokenizer(read_model(tokenizer_path), cfg.model.max_sequence_length)
+    data = make_eval_dataset(splits.dataset("test"), tokenizer, cfg,
+                             cfg.train.global_batch_size)
+    logits, labels = predict_logits(model, data)
+    predictions = logits.argmax(-1)
+    metrics = classification_metrics(labels, predictions, splits.label_names)
+    log(f"[test] model accuracy {metrics['accuracy']:.4f} macro-F1 "
+        f"{metrics['macro_f1']:.4f} on {len(labels):,} examples "
+        f"({time.time() - start:.1f}s)")
+    figure = plot_confusion_matrix(
+        labels, predictions, splits.label_names,
+        os.path.join(cfg.run_dir, "report", "confusion_matrix.png"),
+        f"{cfg.name}: test accuracy {metrics['accuracy']:.3f}, "
+        f"macro-F1 {metrics['macro_f1']:.3f}")
+    result = {"model": metrics, "confusion_matrix_png": figure}
+    if baseline:
+        result["baseline"] = tfidf_baseline(
+            splits.texts["train"], splits.labels["train"], splits.texts["test"],
+            splits.labels["test"], splits.label_names, log=log)
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    return result, probabilities
+
+
+def export_all(cfg, splits, tokenizer_path, model, keras_probabilities):
+    """SavedModel, TFLite variants (checked on the test split), edge bundle."""
+    from export.bundle import write_bundle
+    from export.saved_model import export_serving
+    from export.tflite import evaluate_tflite, export_tflite
+
+    run_dir, e = cfg.run_dir, cfg.export
+    version_dir = export_serving(model, tokenizer_path, splits.label_names,
+                                 os.path.join(run_dir, "serving"), e.model_name,
+                                 e.version, log=log)
+    paths = export_tflite(model, e.tflite_variants, os.path.join(run_dir, "edge"), log=log)
+    ids, labels = test_token_ids(cfg, splits, tokenizer_path)
+    tflite = evaluate_tflite(paths, ids, labels, keras_probabilities,
+                             latency_runs=e.latency_runs, log=log)
+    bundle = write_bundle(
+        os.path.join(run_dir, "edge", "bundle"), paths[e.edge_variant], tokenizer_path,
+        splits.label_names, cfg.model.max_sequence_length, e.edge_variant,
+        extra={"accuracy": tflite[e.edge_variant]["accuracy"]}, log=log)
+    return {"saved_model": version_dir, "tflite": tflite, "edge_bundle": bundle}
+
+
+def run(cfg, do_export=True):
+    from pipeline.evaluate import write_json
+    from pipeline.train import train
+
+    start = time.time()
+    log(f"== {cfg.name}: writing to {cfg.run_dir}/")
+    splits, tokenizer_path = prepare(cfg)
+    result = train(cfg, splits, tokenizer_path, log=log)
+    evaluation, probabilities = evaluate_model(cfg, splits, tokenizer_path, result.model)
+    metrics = {
+        "experiment": cfg.name,
+        "test": evaluation["model"],
+        "baseline": evaluation["baseline"],
+        "text": splits.description,
+        "training": {
+            "steps": result.steps, "steps_per_epoch": result.steps_per_epoch,
+            "resumed_from_step": result.resumed_from_step,
+            "seconds_this_process": round(result.train_seconds, 1),
+            "examples_per_second": round(result.examples_per_second, 1),
+            "best_validation_accuracy": result.best_validation_accuracy,
+            "history": result.history,
+            "strategy": cfg.runtime.strategy, "precision": cfg.runtime.precision,
+            "parameters": int(result.model.count_params()),
+        },
+    }
+    if do_export:
+        exported = export_all(cfg, splits, tokenizer_path, result.model, probabilities)
+        metrics["tflite"] = exported["tflite"]
+        metrics["artifacts"] = {k: v for k, v in exported.items() if k != "tflite"}
+    metrics_path = os.path.join(cfg.run_dir, "metrics.json")
+    write_json(metrics_path, metrics)
+    print_summary(cfg, metrics, time.time() - start)
+    return metrics
+
+
+def print_summary(cfg, metrics, seconds):
+    from export.saved_model import dir_size
+
+    run_dir = cfg.run_dir
+    test, base = metrics["test"], metrics["baseline"]
+    lines = ["", f"== {cfg.name} done in {seconds / 60:.1f} min. Written under {run_dir}/:"]
+
+    def entry(path, what):
+        if os.path.exists(path):
+            size = dir_size(path) if os.path.isdir(path) else os.path.getsize(path)
+            lines.append(f"  {os.path.relpath(path, run_dir):<42} {size / 1e6:8.2f} MB  {what}")
+
+    entry(os.path.join(run_dir, "config.yaml"), "resolved config")
+    entry(os.path.join(run_dir, "tokenizer"), "spm.model, labels.txt")
+    entry(os.path.join(run_dir, "checkpoints"), "tf.train checkpoints (rerun resumes)")
+    entry(os.path.join(run_dir, "tensorboard"), f"tensorboard --logdir {run_dir}/tensorboard")
+    entry(os.path.join(run_dir, "report", "confusion_matrix.png"), "confusion matrix")
+    entry(os.path.join(run_dir, "metrics.json"), "test metrics, baseline, TFLite checks")
+    if "artifacts" in metrics:
+        entry(metrics["artifacts"]["saved_model"], "SavedModel for TF Serving")
+        for variant, r in metrics["tflite"].items():
+            entry(r["path"], f"TFLite {variant}")
+        entry(metrics["artifacts"]["edge_bundle"], "edge bundle: python edge/app.py --bundle "
+              f"{metrics['artifacts']['edge_bundle']} \"some text\"")
+    lines.append("")
+    lines.append(f"  test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}"
+                 f"   (Transformer, {metrics['training']['parameters']:,} parameters)")
+    lines.append(f"  test accuracy {base['accuracy']:.4f}  macro-F1 {base['macro_f1']:.4f}"
+                 "   (baseline: TF-IDF + logistic regression, same split and text)")
+    for variant, r in metrics.get("tflite", {}).items():
+        lines.append(f"  TFLite {variant:<13} accuracy {r['accuracy']:.4f}  agreement "
+                     f"{r['agreement_with_keras']:.4f}  batch-1 "
+                     f"{r['latency_batch1']['threads_1']['median_ms']:.2f} ms")
+    lines.append(f"  training: {metrics['training']['examples_per_second']:,.0f} examples/s, "
+                 f"{metrics['training']['steps']:,} steps")
+    log("\n".join(lines))
+
+
+def load_trained(cfg, splits, tokenizer_path):
+    """The model with its best (else latest) checkpointed weights."""
+    import tensorflow as tf
+
+    from pipeline.tokenizer import vocabulary_size
+    from pipeline.train import build_model
+
+    model = build_model(cfg, vocabulary_size(tokenizer_path), splits.num_classes)
+    directory = os.path.join(cfg.run_dir, "checkpoints")
+    path = tf.train.latest_checkpoint(os.path.join(directory, "best")) or \
+        tf.train.latest_checkpoint(directory)
+    if not path:
+        raise FileNotFoundError(f"no checkpoint under {directory}: run "
+                                "'python -m pipeline train <config>' first")
+    tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    log(f"[model] restored {path}")
+    return model
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Train a Transformer from raw data and export it for TF Serving "
+                    "and TFLite.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    helps = {
+        "run": "prepare data and tokenizer, train (resuming), evaluate, export all",
+        "prepare": "load the data (print its card) and train the tokenizer",
+        "train": "prepare, then train or resume from the latest checkpoint",
+        "evaluate": "test metrics and baseline of the trained model",
+        "export": "SavedModel, TFLite variants and edge bundle of the trained model",
+        "show-config": "print the resolved config",
+    }
+    for name, text in helps.items():
+        sub = commands.add_parser(name, help=text, description=text, epilog=EXAMPLES,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.add_argument("config", help="YAML experiment config, e.g. "
+                         "configs/text_classification.yaml")
+        sub.add_argument("--set", action="append", metavar="KEY=VALUE",
+                         help="override a config value, e.g. --set train.epochs=2 "
+                         "(repeatable)")
+    args = parser.parse_args(argv)
+
+    from pipeline.config import ConfigError
+    from pipeline.datasets.wordnet_topics import DataPackageMissing
+    from pipeline.sources import DataError
+
+    try:
+        cfg = _resolve(args)
+        if args.command == "show-config":
+            import yaml
+
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            return 0
+        if args.command == "run":
+            run(cfg)
+        elif args.command == "prepare":
+            prepare(cfg)
+        elif args.command == "train":
+            from pipeline.train import train
+
+            splits, tokenizer_path = prepare(cfg)
+            train(cfg, splits, tokenizer_path, log=log)
+        elif args.command in ("evaluate", "export"):
+            from pipeline.evaluate import write_json
+
+            splits, tokenizer_path = prepare(cfg)
+            model = load_trained(cfg, splits, tokenizer_path)
+            evaluation, probabilities = evaluate_model(
+                cfg, splits, tokenizer_path, model, baseline=args.command == "evaluate")
+            if args.command == "export":
+                export_all(cfg, splits, tokenizer_path, model, probabilities)
+            else:
+                write_json(os.path.join(cfg.run_dir, "evaluation.json"),
+                           {k: v for k, v in evaluation.items()})
+        return 0
+    except (ConfigError, DataError, DataPackageMissing, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the latest "
+              "checkpoint", file=sys.stderr)
+        return 130

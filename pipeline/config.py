@@ -1,0 +1,323 @@
+"""Typed experiment configuration.
+
+Precedence: dataclass defaults, then the YAML file, then ``--set a.b=value``
+overrides. Every value is type-checked; an unknown key is an error that names
+it. ``ExperimentConfig.validate()`` checks cross-field rules and is called by
+every entry point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    # Where examples come from: "wordnet_topics" (TFDS builder over the Debian
+    # package wordnet-base), "csv", "jsonl", or "tfds:<public name>".
+    source: str = "wordnet_topics"
+    # wordnet_topics: path of WordNet's noun data file.
+    wordnet_path: str = "/usr/share/wordnet/data.noun"
+    # wordnet_topics: prefix the definition with the synset's lemmas ("a, b: def").
+    include_lemmas: bool = True
+    # csv/jsonl: files per split; empty validation/test paths mean a stable
+    # 80/10/10 hash split of the train file.
+    train_path: str = ""
+    validation_path: str = ""
+    test_path: str = ""
+    # csv/jsonl/tfds: names of the text and label columns (features).
+    text_column: str = "text"
+    label_column: str = "label"
+    # csv/jsonl: allowed labels in class-id order; empty = sorted labels of train.
+    labels: list[str] = field(default_factory=list)
+    # tfds: split names (TFDS slicing syntax allowed).
+    train_split: str = "train"
+    validation_split: str = "validation"
+    test_split: str = "test"
+    # TFDS data directory; relative paths are under the artifacts root.
+    tfds_data_dir: str = "tensorflow_datasets"
+    # Keep at most this many examples per split (0 = all); for debug runs.
+    max_examples_per_split: int = 0
+
+
+@dataclass
+class TokenizerConfig:
+    # SentencePiece vocabulary size (including pad/unk/bos/eos).
+    vocabulary_size: int = 8000
+    # SentencePiece model type: "unigram" or "bpe".
+    model_type: str = "unigram"
+    # Fraction of characters covered by the vocabulary.
+    character_coverage: float = 0.9995
+    # Lowercase text before training and tokenizing (applied in the model graph).
+    lowercase: bool = False
+
+
+@dataclass
+class ModelConfig:
+    # Task model class in models/: currently "text_classifier".
+    name: str = "text_classifier"
+    hidden_dim: int = 128
+    intermediate_dim: int = 256
+    num_heads: int = 4
+    num_layers: int = 2
+    dropout: float = 0.1
+    # Token ids per example; longer texts are truncated.
+    max_sequence_length: int = 64
+    # Pre-LayerNorm (True) or post-LayerNorm (False) encoder blocks.
+    norm_first: bool = True
+    # Sequence pooling for classification: "mean" or "first".
+    pooling: str = "mean"
+
+
+@dataclass
+class TrainConfig:
+    # Examples per optimizer step summed over all replicas.
+    global_batch_size: int = 64
+    epochs: int = 3
+    # Peak learning rate after warm-up.
+    learning_rate: float = 1e-3
+    # Fraction of total steps spent warming up linearly from 0.
+    warmup_fraction: float = 0.05
+    # Learning-rate decay after warm-up: "cosine" or "constant".
+    decay: str = "cosine"
+    weight_decay: float = 0.01
+    # Clip gradients to this global norm (0 = no clipping).
+    clip_norm: float = 1.0
+    label_smoothing: float = 0.0
+    # Save a checkpoint every N optimizer steps (and at every epoch end).
+    checkpoint_every_steps: int = 500
+    keep_checkpoints: int = 3
+    # Print a progress line and write TensorBoard scalars every N steps.
+    log_every_steps: int = 50
+    shuffle_buffer: int = 100000
+    # Pad batches to bucket boundaries of the sequence length (fewer pads).
+    bucket_by_length: bool = True
+    # Stop when validation accuracy has not improved for N epochs (0 = never).
+    early_stopping_patience: int = 0
+    # Stop after this many steps in total (0 = epochs * steps per epoch).
+    max_steps: int = 0
+    seed: int = 42
+
+
+@dataclass
+class RuntimeConfig:
+    # tf.distribute strategy: "default", "one_device", "mirrored".
+    strategy: str = "default"
+    # one_device: the device; mirrored: empty = all local devices.
+    devices: list[str] = field(default_factory=list)
+    # Split the CPU into N logical devices (0 = leave as is); lets "mirrored"
+    # run with several replicas on a CPU-only machine.
+    logical_cpu_devices: int = 0
+    # Keras dtype policy: "float32" or "mixed_bfloat16".
+    precision: str = "float32"
+    # Compile the train step with XLA.
+    jit_compile: bool = False
+    # Root of everything a run writes; the run goes to <root>/<experiment>.
+    artifacts_root: str = "artifacts"
+
+
+@dataclass
+class ExportConfig:
+    # Model name in serving/<model_name>/<version>/.
+    model_name: str = "text_classifier"
+    # SavedModel version; 0 = one more than the newest existing version.
+    version: int = 0
+    # TFLite variants to convert: "float32", "dynamic_range".
+    tflite_variants: list[str] = field(
+        default_factory=lambda: ["float32", "dynamic_range"]
+    )
+    # Variant copied into the edge bundle.
+    edge_variant: str = "dynamic_range"
+    # Batch-1 latency runs per TFLite variant.
+    latency_runs: int = 100
+
+
+@dataclass
+class ExperimentConfig:
+    # Experiment name; the run's directory is <artifacts_root>/<name>.
+    name: str = "text_classification"
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.runtime.artifacts_root, self.name)
+
+    def validate(self) -> "ExperimentConfig":
+        """Checks cross-field rules; raises ConfigError naming the keys."""
+        m, t, r, d, e = self.model, self.train, self.runtime, self.data, self.export
+        _check(bool(self.name) and "/" not in self.name,
+               "name", self.name, "a non-empty name without '/'")
+        _check(m.hidden_dim % m.num_heads == 0, "model.hidden_dim",
+               m.hidden_dim, f"divisible by model.num_heads={m.num_heads}")
+        for key in ("hidden_dim", "intermediate_dim", "num_heads", "num_layers",
+                    "max_sequence_length"):
+            _check(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "> 0")
+        _check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "in [0, 1)")
+        _check(m.pooling in ("mean", "first"), "model.pooling", m.pooling,
+               "'mean' or 'first'")
+        _check(m.name == "text_classifier", "model.name", m.name,
+               "'text_classifier'")
+        _check(self.tokenizer.vocabulary_size >= 16, "tokenizer.vocabulary_size",
+               self.tokenizer.vocabulary_size, ">= 16")
+        _check(self.tokenizer.model_type in ("unigram", "bpe"),
+               "tokenizer.model_type", self.tokenizer.model_type,
+               "'unigram' or 'bpe'")
+        _check(t.global_batch_size > 0, "train.global_batch_size",
+               t.global_batch_size, "> 0")
+        _check(t.epochs > 0, "train.epochs", t.epochs, "> 0")
+        _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "> 0")
+        _check(0.0 <= t.warmup_fraction < 1.0, "train.warmup_fraction",
+               t.warmup_fraction, "in [0, 1)")
+        _check(t.decay in ("cosine", "constant"), "train.decay", t.decay,
+               "'cosine' or 'constant'")
+        _check(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing",
+               t.label_smoothing, "in [0, 1)")
+        _check(t.checkpoint_every_steps > 0, "train.checkpoint_every_steps",
+               t.checkpoint_every_steps, "> 0")
+        _check(t.log_every_steps > 0, "train.log_every_steps",
+               t.log_every_steps, "> 0")
+        _check(r.strategy in ("default", "one_device", "mirrored"),
+               "runtime.strategy", r.strategy,
+               "'default', 'one_device' or 'mirrored'")
+        _check(r.precision in ("float32", "mixed_bfloat16"), "runtime.precision",
+               r.precision, "'float32' or 'mixed_bfloat16'")
+        source_ok = d.source in ("wordnet_topics", "csv", "jsonl") or (
+            d.source.startswith("tfds:") and len(d.source) > 5)
+        _check(source_ok, "data.source", d.source,
+               "'wordnet_topics', 'csv', 'jsonl' or 'tfds:<name>'")
+        if d.source in ("csv", "jsonl"):
+            _check(bool(d.train_path), "data.train_path", d.train_path,
+                   f"a file path when data.source is '{d.source}'")
+        for variant in e.tflite_variants:
+            _check(variant in ("float32", "dynamic_range"),
+                   "export.tflite_variants", variant,
+                   "each of 'float32', 'dynamic_range'")
+        _check(e.edge_variant in e.tflite_variants, "export.edge_variant",
+               e.edge_variant, f"one of export.tflite_variants={e.tflite_variants}")
+        _check(e.version >= 0, "export.version", e.version, ">= 0")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+        os.replace(tmp, path)
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' = {value!r}: expected {expected}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Returns value as type tp, or raises ConfigError naming key."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):  # "--set export.tflite_variants=a,b"
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(
+                f"config key '{key}': expected a list of {_type_name(item_tp)}, "
+                f"got {type(value).__name__} {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(
+        f"config key '{key}': expected {_type_name(tp)}, "
+        f"got {type(value).__name__} {value!r}")
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, "
+            f"got {type(values).__name__}")
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"unknown config key '{full}'{hint} "
+                f"(known keys: {', '.join(prefix + n for n in names)})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            _apply(getattr(obj, key), value, prefix=f"{full}.")
+        else:
+            setattr(obj, key, _coerce(full, value, tp))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parses "a.b=value" (value in YAML syntax) into (["a", "b"], value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.epochs=3")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def load_config(path: str | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Builds the experiment config from defaults, a YAML file and overrides."""
+    cfg = ExperimentConfig()
+    if path:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        with open(path) as f:
+            try:
+                values = yaml.safe_load(f) or {}
+            except yaml.YAMLError as err:
+                raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        _apply(cfg, values)
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        _apply(cfg, nested)
+    return cfg.validate()

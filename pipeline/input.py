@@ -1,0 +1,117 @@
+"""tf.data input: tokenize in the graph, cache, shuffle, bucket, batch, prefetch.
+
+Every function here maps datasets of dicts to datasets of dicts. Model
+inputs are {"token_ids": int32 (batch, seq), "padding_mask": bool (batch, seq)}
+and the label is int32 (batch,).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from pipeline.config import ExperimentConfig
+from pipeline.tokenizer import PAD_ID, InGraphTokenizer
+
+AUTOTUNE = tf.data.AUTOTUNE
+TOKENIZE_BATCH = 256
+
+
+def bucket_boundaries(max_sequence_length: int) -> list[int]:
+    """Padded lengths of the buckets: 8, 16, 32, ... up to the maximum."""
+    lengths, n = [], 8
+    while n < max_sequence_length:
+        lengths.append(n)
+        n *= 2
+    return lengths + [max_sequence_length]
+
+
+def tokenize_examples(dataset: tf.data.Dataset, tokenizer: InGraphTokenizer
+                      ) -> tf.data.Dataset:
+    """{"text", "label"} -> {"token_ids": (None,) int32 unpadded, "label"}."""
+    def tokenize(batch):
+        ragged = tokenizer.ragged(batch["text"])
+        return {"token_ids": ragged.to_tensor(default_value=PAD_ID),
+                "length": tf.cast(ragged.row_lengths(), tf.int32),
+                "label": batch["label"]}
+
+    def trim(example):
+        return {"token_ids": example["token_ids"][: example["length"]],
+                "label": example["label"]}
+
+    return (dataset.batch(TOKENIZE_BATCH)
+            .map(tokenize, num_parallel_calls=AUTOTUNE, deterministic=True)
+            .unbatch()
+            .map(trim, num_parallel_calls=AUTOTUNE, deterministic=True))
+
+
+def add_padding_mask(batch: dict) -> tuple[dict, tf.Tensor]:
+    ids = batch["token_ids"]
+    return {"token_ids": ids, "padding_mask": tf.not_equal(ids, PAD_ID)}, batch["label"]
+
+
+def batch_examples(dataset: tf.data.Dataset, batch_size: int, max_sequence_length: int,
+                   bucket: bool, drop_remainder: bool) -> tf.data.Dataset:
+    """Pads to a bucket boundary (or the maximum length) and batches."""
+    if bucket:
+        lengths = bucket_boundaries(max_sequence_length)
+        dataset = dataset.bucket_by_sequence_length(
+            lambda ex: tf.shape(ex["token_ids"])[0],
+            # Boundaries are exclusive upper bounds; padding goes to boundary - 1.
+            bucket_boundaries=[n + 1 for n in lengths[:-1]],
+            bucket_batch_sizes=[batch_size] * len(lengths),
+            padded_shapes={"token_ids": [None], "label": []},
+            padding_values={"token_ids": PAD_ID, "label": 0},
+            pad_to_bucket_boundary=False,
+            drop_remainder=drop_remainder,
+        )
+        # Round each batch's length up to its bucket so few shapes are traced.
+        def pad_to_bucket(batch):
+            length = tf.shape(batch["token_ids"])[1]
+            target = tf.reduce_min(tf.boolean_mask(
+                tf.constant(lengths), tf.constant(lengths) >= length))
+            ids = tf.pad(batch["token_ids"], [[0, 0], [0, target - length]],
+                         constant_values=PAD_ID)
+            return {"token_ids": ids, "label": batch["label"]}
+        dataset = dataset.map(pad_to_bucket, num_parallel_calls=AUTOTUNE)
+    else:
+        dataset = dataset.padded_batch(
+            batch_size, padded_shapes={"token_ids": [max_sequence_length], "label": []},
+            padding_values={"token_ids": PAD_ID, "label": 0},
+            drop_remainder=drop_remainder)
+    return dataset.map(add_padding_mask, num_parallel_calls=AUTOTUNE)
+
+
+def make_train_dataset(source: tf.data.Dataset, tokenizer: InGraphTokenizer,
+                       cfg: ExperimentConfig, batch_size: int,
+                       skip_batches: int = 0,
+                       input_context: tf.distribute.InputContext | None = None
+                       ) -> tf.data.Dataset:
+    """An endless, deterministic stream of training batches.
+
+    The order depends only on `train.seed`, so a resumed run skips exactly the
+    batches already trained on (`skip_batches` = completed steps).
+    """
+    t = cfg.train
+    dataset = source
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        dataset = dataset.shard(input_context.num_input_pipelines,
+                                input_context.input_pipeline_id)
+    dataset = tokenize_examples(dataset, tokenizer).cache()
+    dataset = dataset.shuffle(t.shuffle_buffer, seed=t.seed,
+                              reshuffle_each_iteration=True).repeat()
+    dataset = batch_examples(dataset, batch_size, cfg.model.max_sequence_length,
+                             t.bucket_by_length, drop_remainder=True)
+    if skip_batches:
+        dataset = dataset.skip(skip_batches)
+    options = tf.data.Options()
+    options.deterministic = True
+    return dataset.with_options(options).prefetch(AUTOTUNE)
+
+
+def make_eval_dataset(source: tf.data.Dataset, tokenizer: InGraphTokenizer,
+                      cfg: ExperimentConfig, batch_size: int) -> tf.data.Dataset:
+    """Batches of the whole split in order, padded to the maximum length."""
+    dataset = tokenize_examples(source, tokenizer).cache()
+    dataset = batch_examples(dataset, batch_size, cfg.model.max_sequence_length,
+                             bucket=False, drop_remainder=False)
+    return dataset.prefetch(AUTOTUNE)

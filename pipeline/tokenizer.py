@@ -1,0 +1,117 @@
+"""SentencePiece tokenizer: trained on the train split, used everywhere.
+
+One `spm.model` serves tf.data and the SavedModel (through
+`tensorflow_text.SentencepieceTokenizer`) and the edge app (through the
+`sentencepiece` library): the same C++ implementation, so ids match.
+Special ids: pad 0, unk 1, bos 2, eos 3. Classification adds no bos/eos.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+
+from pipeline.config import TokenizerConfig
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+MODEL_FILE = "spm.model"
+LABELS_FILE = "labels.txt"
+
+
+def train_sentencepiece(texts, cfg: TokenizerConfig, out_dir: str, log=print) -> str:
+    """Trains SentencePiece on `texts`; writes <out_dir>/spm.model atomically.
+
+    Reuses an existing model trained with the same settings (a rerun resumes).
+    Returns the model path.
+    """
+    import sentencepiece as spm
+
+    path = os.path.join(out_dir, MODEL_FILE)
+    settings = {"vocabulary_size": cfg.vocabulary_size, "model_type": cfg.model_type,
+                "character_coverage": cfg.character_coverage,
+                "lowercase": cfg.lowercase, "num_texts": len(texts)}
+    settings_path = os.path.join(out_dir, "tokenizer.json")
+    if os.path.isfile(path) and os.path.isfile(settings_path):
+        with open(settings_path) as f:
+            if json.load(f) == settings:
+                log(f"[tokenizer] reusing {path}")
+                return path
+    os.makedirs(out_dir, exist_ok=True)
+    start = time.time()
+    log(f"[tokenizer] training SentencePiece ({cfg.model_type}, "
+        f"vocabulary {cfg.vocabulary_size:,}) on {len(texts):,} train texts ...")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(t for t in texts if t.strip()),
+        model_writer=model,
+        vocab_size=cfg.vocabulary_size,
+        model_type=cfg.model_type,
+        character_coverage=cfg.character_coverage,
+        normalization_rule_name="nmt_nfkc_cf" if cfg.lowercase else "nmt_nfkc",
+        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+        hard_vocab_limit=False,  # small data sets get a smaller vocabulary
+        input_sentence_size=1_000_000, shuffle_input_sentence=True,
+        max_sentence_length=1 << 16, num_threads=2, minloglevel=2,
+    )
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(model.getvalue())
+    os.replace(tmp, path)
+    with open(settings_path + ".tmp", "w") as f:
+        json.dump(settings, f)
+    os.replace(settings_path + ".tmp", settings_path)
+    log(f"[tokenizer] wrote {path} (vocabulary {vocabulary_size(path):,}, "
+        f"{time.time() - start:.1f}s)")
+    return path
+
+
+def vocabulary_size(path: str) -> int:
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_file=path).get_piece_size()
+
+
+def read_model(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def write_labels(names, out_dir: str) -> str:
+    path = os.path.join(out_dir, LABELS_FILE)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write("".join(f"{n}\n" for n in names))
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def read_labels(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.rstrip("\n")]
+
+
+class InGraphTokenizer:
+    """tensorflow-text SentencePiece tokenization to fixed-length int32 ids.
+
+    `__call__(texts)` maps a (batch,) tf.string tensor to (batch,
+    max_sequence_length) int32 ids, truncated and right-padded with PAD_ID.
+    A pure tf function: runs eagerly, in Dataset.map and in a SavedModel.
+    """
+
+    def __init__(self, model_bytes: bytes, max_sequence_length: int):
+        import tensorflow_text as tf_text
+
+        self.max_sequence_length = max_sequence_length
+        self.tokenizer = tf_text.SentencepieceTokenizer(
+            model=model_bytes, out_type="int32")
+
+    def ragged(self, texts):
+        """(batch,) strings -> ragged (batch, None) int32 ids, truncated."""
+        return self.tokenizer.tokenize(texts)[:, : self.max_sequence_length]
+
+    def __call__(self, texts):
+        ids = self.ragged(texts)
+        return ids.to_tensor(default_value=PAD_ID,
+                             shape=[None, self.max_sequence_length])

@@ -1,0 +1,292 @@
+"""Training loop: one `strategy.run` loop for every tf.distribute strategy.
+
+`model.fit` is not used: under MultiWorkerMirroredStrategy it fails in Keras
+3.15 + TF 2.21 (keras-team/keras#20585). This loop owns the step counter,
+the data position, checkpoints (tf.train.CheckpointManager), TensorBoard and
+the progress output, and resumes from the latest readable checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline.config import ExperimentConfig, TrainConfig
+from pipeline.distribute import get_strategy
+from pipeline.input import make_eval_dataset, make_train_dataset
+from pipeline.sources import TextSplits
+from pipeline.tokenizer import InGraphTokenizer, read_model, vocabulary_size
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model
+    steps: int
+    steps_per_epoch: int
+    train_seconds: float         # wall time of this process's loop, evaluation included
+    examples_per_second: float   # training throughput of the steps alone
+    best_validation_accuracy: float
+    resumed_from_step: int
+    history: list[dict]          # one row per validation: step, epoch, metrics
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(max(seconds, 0)))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def build_model(cfg: ExperimentConfig, vocab_size: int, num_classes: int) -> keras.Model:
+    """Builds the task model named by model.name, with weights created."""
+    from models import TextClassifier
+
+    m = cfg.model
+    model = TextClassifier(
+        vocabulary_size=vocab_size, num_classes=num_classes,
+        hidden_dim=m.hidden_dim, intermediate_dim=m.intermediate_dim,
+        num_heads=m.num_heads, num_layers=m.num_layers, dropout=m.dropout,
+        max_sequence_length=m.max_sequence_length, norm_first=m.norm_first,
+        pooling=m.pooling, name=cfg.model.name)
+    dummy = {"token_ids": tf.zeros((1, m.max_sequence_length), tf.int32),
+             "padding_mask": tf.ones((1, m.max_sequence_length), tf.bool)}
+    model(dummy)
+    return model
+
+
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak`, then cosine decay to 0 (or constant)."""
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int,
+                 decay: str = "cosine"):
+        self.peak, self.warmup_steps = peak, warmup_steps
+        self.total_steps, self.decay = total_steps, decay
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = tf.cast(max(self.warmup_steps, 1), tf.float32)
+        total = tf.cast(max(self.total_steps, 1), tf.float32)
+        warm = self.peak * (step + 1.0) / warmup
+        if self.decay == "cosine":
+            progress = tf.clip_by_value((step - warmup) / tf.maximum(total - warmup, 1.0),
+                                        0.0, 1.0)
+            after = self.peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        else:
+            after = tf.constant(self.peak, tf.float32)
+        return tf.where(step < warmup, warm, after)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps, "decay": self.decay}
+
+
+def make_optimizer(t: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
+    schedule = WarmupSchedule(t.learning_rate, int(t.warmup_fraction * total_steps),
+                              total_steps, t.decay)
+    return keras.optimizers.AdamW(
+        learning_rate=schedule, weight_decay=t.weight_decay,
+        global_clipnorm=t.clip_norm or None)
+
+
+def restore_latest(checkpoint: tf.train.Checkpoint,
+                   manager: tf.train.CheckpointManager, log=print) -> str | None:
+    """Restores the newest readable checkpoint; skips truncated ones."""
+    for path in reversed(manager.checkpoints):
+        try:
+            checkpoint.restore(path).assert_existing_objects_matched()
+            return path
+        except (tf.errors.OpError, ValueError, AssertionError) as err:
+            log(f"[train] checkpoint {path} is unreadable "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
+                "trying the previous one")
+    return None
+
+
+def predict_logits(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray,
+                                                                           np.ndarray]:
+    """Runs the model over (inputs, labels) batches; returns (logits, labels)."""
+    @tf.function
+    def forward(inputs):
+        return model(inputs, training=False)
+
+    logits, labels = [], []
+    for inputs, y in dataset:
+        logits.append(forward(inputs).numpy())
+        labels.append(y.numpy())
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def train(cfg: ExperimentConfig, splits: TextSplits, tokenizer_path: str,
+          log=print) -> TrainResult:
+    """Trains (or resumes) the task model; returns it with its best weights."""
+    t, run_dir = cfg.train, cfg.run_dir
+    keras.config.set_dtype_policy(cfg.runtime.precision)
+    keras.utils.set_random_seed(t.seed)
+    strategy = get_strategy(cfg.runtime)
+    replicas = strategy.num_replicas_in_sync
+    if t.global_batch_size % replicas:
+        raise ValueError(
+            f"config key 'train.global_batch_size' = {t.global_batch_size}: must be "
+            f"divisible by the number of replicas ({replicas})")
+    tokenizer = InGraphTokenizer(read_model(tokenizer_path), cfg.model.max_sequence_length)
+    vocab_size = vocabulary_size(tokenizer_path)
+    num_classes = splits.num_classes
+    steps_per_epoch = max(1, len(splits.texts["train"]) // t.global_batch_size)
+    total_steps = t.max_steps or t.epochs * steps_per_epoch
+
+    with strategy.scope():
+        model = build_model(cfg, vocab_size, num_classes)
+        optimizer = make_optimizer(t, total_steps)
+        optimizer.build(model.trainable_variables)
+        best_val = tf.Variable(-1.0, dtype=tf.float32, trainable=False)
+        bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
+                                     best_validation_accuracy=best_val,
+                                     epochs_without_improvement=bad_epochs)
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
+                                         max_to_keep=t.keep_checkpoints)
+    best_manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model), os.path.join(ckpt_dir, "best"),
+        max_to_keep=1, checkpoint_name="best")
+    restored = restore_latest(checkpoint, manager, log)
+    start_step = int(optimizer.iterations.numpy())
+    if restored:
+        log(f"[train] resumed from {restored} at step {start_step:,}/{total_steps:,}")
+    log(f"[train] strategy {cfg.runtime.strategy} ({replicas} replica(s)), "
+        f"{model.count_params():,} parameters, precision {cfg.runtime.precision}, "
+        f"global batch {t.global_batch_size}, {steps_per_epoch:,} steps/epoch, "
+        f"{total_steps:,} steps")
+
+    per_replica_batch = t.global_batch_size // replicas
+    train_source = splits.dataset("train")
+
+    def dataset_fn(input_context):
+        return make_train_dataset(train_source, tokenizer, cfg, per_replica_batch,
+                                  skip_batches=start_step, input_context=input_context)
+
+    train_data = strategy.distribute_datasets_from_function(dataset_fn)
+    val_data = make_eval_dataset(splits.dataset("validation"), tokenizer, cfg,
+                                 t.global_batch_size)
+    loss_fn = keras.losses.CategoricalCrossentropy(
+        from_logits=True, label_smoothing=t.label_smoothing, reduction=None)
+
+    def forward_backward(inputs, labels):
+        with tf.GradientTape() as tape:
+            logits = model(inputs, training=True)
+            per_example = loss_fn(tf.one_hot(labels, num_classes), logits)
+            loss = tf.nn.compute_average_loss(
+                per_example, global_batch_size=t.global_batch_size)
+        grads = tape.gradient(loss, model.trainable_variables)
+        correct = tf.reduce_sum(tf.cast(
+            tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
+        return loss, correct, grads
+
+    if cfg.runtime.jit_compile:
+        forward_backward = tf.function(forward_backward, jit_compile=True)
+
+    def replica_step(inputs, labels):
+        loss, correct, grads = forward_backward(inputs, labels)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss, correct
+
+    @tf.function
+    def train_step(iterator):
+        loss, correct = strategy.run(replica_step, args=next(iterator))
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
+
+    tb_dir = os.path.join(run_dir, "tensorboard")
+    train_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "train"))
+    val_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "validation"))
+    history: list[dict] = []
+    step = start_step
+    iterator = iter(train_data)
+    window_loss = window_correct = 0.0
+    window_steps, window_start = 0, time.time()
+    run_start, steps_run, step_seconds = time.time(), 0, 0.0
+    stop = False
+    while step < total_steps and not stop:
+        step_start = time.time()
+        loss, correct = train_step(iterator)
+        loss, correct = float(loss), float(correct)  # waits for the step
+        step_seconds += time.time() - step_start
+        step += 1
+        steps_run += 1
+        window_loss += loss
+        window_correct += correct
+        window_steps += 1
+        if step % t.log_every_steps == 0 or step == total_steps:
+            elapsed = time.time() - window_start
+            rate = window_steps * t.global_batch_size / max(elapsed, 1e-9)
+            lr = float(optimizer.learning_rate)
+            avg_loss = window_loss / window_steps
+            acc = window_correct / (window_steps * t.global_batch_size)
+            eta = (total_steps - step) * t.global_batch_size / max(rate, 1e-9)
+            epoch = (step - 1) // steps_per_epoch + 1
+            log(f"[train] step {step:,}/{total_steps:,} (epoch {epoch}/"
+                f"{math.ceil(total_steps / steps_per_epoch)})  loss {avg_loss:.4f}  "
+                f"acc {acc:.3f}  lr {lr:.2e}  {rate:,.0f} ex/s  "
+                f"ETA {format_duration(eta)}")
+            with train_writer.as_default(step=step):
+                tf.summary.scalar("loss", avg_loss)
+                tf.summary.scalar("accuracy", acc)
+                tf.summary.scalar("learning_rate", lr)
+                tf.summary.scalar("examples_per_second", rate)
+            window_loss = window_correct = 0.0
+            window_steps, window_start = 0, time.time()
+        end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+        if end_of_epoch:
+            val_start = time.time()
+            logits, labels = predict_logits(model, val_data)
+            val_loss = float(np.mean(keras.ops.convert_to_numpy(
+                keras.losses.sparse_categorical_crossentropy(
+                    labels, logits, from_logits=True))))
+            val_acc = float(np.mean(np.argmax(logits, -1) == labels))
+            epoch = math.ceil(step / steps_per_epoch)
+            improved = val_acc > float(best_val.numpy())
+            if improved:
+                best_val.assign(val_acc)
+                bad_epochs.assign(0)
+                best_manager.save(checkpoint_number=step)
+            else:
+                bad_epochs.assign_add(1)
+            history.append({"step": step, "epoch": epoch, "validation_loss": val_loss,
+                            "validation_accuracy": val_acc})
+            with val_writer.as_default(step=step):
+                tf.summary.scalar("loss", val_loss)
+                tf.summary.scalar("accuracy", val_acc)
+            log(f"[eval] epoch {epoch} step {step:,}: validation loss {val_loss:.4f} "
+                f"accuracy {val_acc:.4f}{'  (best)' if improved else ''} "
+                f"({time.time() - val_start:.1f}s)")
+            if t.early_stopping_patience and int(bad_epochs.numpy()) >= \
+                    t.early_stopping_patience:
+                log(f"[train] early stop: no improvement for {int(bad_epochs.numpy())} "
+                    "epoch(s)")
+                stop = True
+        if step % t.checkpoint_every_steps == 0 or end_of_epoch or stop:
+            manager.save(checkpoint_number=step)
+        if window_steps == 0:  # exclude logging/eval time from the rate window
+            window_start = time.time()
+    train_writer.flush()
+    val_writer.flush()
+    train_seconds = time.time() - run_start
+    if best_manager.latest_checkpoint:
+        tf.train.Checkpoint(model=model).restore(
+            best_manager.latest_checkpoint).assert_existing_objects_matched()
+        log(f"[train] restored the best weights (validation accuracy "
+            f"{float(best_val.numpy()):.4f}) from {best_manager.latest_checkpoint}")
+    return TrainResult(
+        model=model, steps=step, steps_per_epoch=steps_per_epoch,
+        train_seconds=train_seconds,
+        examples_per_second=steps_run * t.global_batch_size / max(step_seconds, 1e-9),
+        best_validation_accuracy=float(best_val.numpy()),
+        resumed_from_step=start_step, history=history)
