@@ -7,6 +7,7 @@ Signatures of artifacts/<exp>/serving/<model_name>/<version>/:
                       probabilities: float32 (batch, num_classes)
   token_ids        token_ids: int32 (batch, seq <= max_sequence_length)
                    -> class_id, probabilities
+  tokenize         text: string (batch,) -> token_ids: int32 (batch, max_sequence_length)
 
 Tokenization (tensorflow-text SentencePiece) is inside the graph. The version
 directory is written under a temporary name and renamed when complete, so a
@@ -87,6 +88,9 @@ def build_serving_archive(model: keras.Model, tokenizer_path: str,
         class_id, probabilities = classify(token_ids)
         return {"class_id": class_id, "probabilities": probabilities}
 
+    def tokenize(text):
+        return {"token_ids": tokenizer(text)}
+
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.track(tokenizer.tokenizer)
@@ -94,6 +98,8 @@ def build_serving_archive(model: keras.Model, tokenizer_path: str,
                          input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     archive.add_endpoint("token_ids", serve_token_ids, input_signature=[
         tf.TensorSpec([None, None], tf.int32, name="token_ids")])
+    archive.add_endpoint("tokenize", tokenize, input_signature=[
+        tf.TensorSpec([None], tf.string, name="text")])
     return archive
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BUNDLE_FIXTURE = "tiny_bundle"  # one-line switch: "edge_bundle" for the bundle of a debug pipeline run
+BUNDLE_FIXTURE = "edge_bundle"  # from the debug pipeline run in tests/conftest.py
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "edge" / "app.py"

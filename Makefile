@@ -1,0 +1,51 @@
+# Two commands: `make quickstart` (set up + train/evaluate/export the default
+# experiment) and `make test` (set up + the whole test suite).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/text_classification.yaml
+WORDNET := /usr/share/wordnet/data.noun
+
+.PHONY: quickstart test test-fast setup venv data clean
+
+quickstart: setup
+	$(PY) -m pipeline run $(CONFIG)
+
+test: setup
+	$(PY) -m pytest tests -v -ra --durations=15
+
+# The edit loop: everything but the tests marked slow.
+test-fast: setup
+	$(PY) -m pytest tests -m "not slow" -q
+
+setup: venv data
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt 2>&1 \
+	  | grep -v "is ignored: it is neither a file nor a directory" || true
+	$(PY) -c "import tensorflow, tensorflow_text, tensorflow_datasets, keras_hub, ai_edge_litert, sentencepiece" \
+	  || { echo "error: the Python packages did not install; see the pip output above"; exit 1; }
+	touch $@
+
+# The OS data package: apt-get as root, sudo otherwise, else print the command.
+data:
+	@if [ ! -f $(WORDNET) ]; then \
+	  echo "Installing the Debian package wordnet-base (provides $(WORDNET)) ..."; \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq --no-install-recommends wordnet-base) >/dev/null; \
+	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+	    (sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends wordnet-base) >/dev/null; \
+	  fi; \
+	  if [ ! -f $(WORDNET) ]; then \
+	    echo "error: $(WORDNET) is missing and could not be installed here. Run:"; \
+	    echo "    sudo apt-get update && sudo apt-get install -y --no-install-recommends wordnet-base"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+clean:
+	rm -rf artifacts

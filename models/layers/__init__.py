@@ -1,0 +1,16 @@
+"""Subclassed Keras Transformer layers and the mask helpers they use."""
+
+from models.layers.masking import compute_causal_mask, merge_padding_and_attention_mask
+from models.layers.multi_head_attention import MultiHeadAttention
+from models.layers.sine_position_encoding import SinePositionEncoding
+from models.layers.token_and_position_embedding import TokenAndPositionEmbedding
+from models.layers.transformer_encoder import TransformerEncoder
+
+__all__ = [
+    "MultiHeadAttention",
+    "SinePositionEncoding",
+    "TokenAndPositionEmbedding",
+    "TransformerEncoder",
+    "compute_causal_mask",
+    "merge_padding_and_attention_mask",
+]

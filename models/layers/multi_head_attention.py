@@ -1,0 +1,218 @@
+"""Multi-head scaled dot-product attention."""
+
+import math
+
+import keras
+from keras import ops
+
+from models.layers._utils import clone_initializer
+
+# Added to the scores of masked positions. Finite on purpose: a row in which
+# every key is masked (e.g. an all-padding text) then gets a uniform softmax
+# instead of NaN. The scores are float32 when it is added, so it is exact.
+_MASK_FILL_VALUE = -1e9
+
+
+@keras.saving.register_keras_serializable(package="transformer_pipeline")
+class MultiHeadAttention(keras.layers.Layer):
+    """Multi-head scaled dot-product attention.
+
+    Projects `query`, `key` and `value` into `num_heads` heads, computes
+    `softmax(q k^T / sqrt(key_dim))` over the keys, applies it to the values
+    and projects the heads back to the hidden size of `query`. The weights
+    have the same shapes and order as those of `keras.layers.MultiHeadAttention`
+    with rank-3 inputs, so weights can be copied between the two:
+    query kernel `(hidden_dim, num_heads, key_dim)`, query bias
+    `(num_heads, key_dim)`, then key, value, and the output kernel
+    `(num_heads, value_dim, hidden_dim)` and bias `(hidden_dim,)`.
+
+    The softmax runs in float32 under a mixed-precision policy. Masked
+    positions get a large negative score (not `-inf`), so a query whose keys
+    are all masked gets a uniform distribution and finite outputs, never NaN.
+    The layer uses only ops that XLA and the TFLite converter accept.
+
+    Args:
+        num_heads: int, the number of attention heads.
+        key_dim: int, the size of each head for query and key.
+        value_dim: int, the size of each head for value. Defaults to
+            `key_dim`.
+        dropout: float in `[0, 1)`, the dropout rate on the attention
+            probabilities. Defaults to `0.0`.
+        use_bias: bool, whether the projections have biases. Defaults to
+            `True`.
+        kernel_initializer: string or `keras.initializers` initializer for the
+            projection kernels. Defaults to `"glorot_uniform"`.
+        bias_initializer: string or `keras.initializers` initializer for the
+            projection biases. Defaults to `"zeros"`.
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`,
+            including `name`, `trainable`, `dtype` etc.
+
+    Call arguments:
+        query: tensor of shape `(batch, q_len, query_dim)`.
+        value: tensor of shape `(batch, kv_len, value_dim_in)`.
+        key: optional tensor of shape `(batch, kv_len, key_dim_in)`. Defaults
+            to `value`.
+        attention_mask: optional bool tensor of shape `(batch, q_len, kv_len)`;
+            `True` means the query position may attend to the key position.
+            Build it with `models.layers.merge_padding_and_attention_mask` or
+            `models.layers.compute_causal_mask`.
+        return_attention_scores: bool. If `True`, also return the attention
+            probabilities of shape `(batch, num_heads, q_len, kv_len)`
+            (before dropout).
+        training: bool, whether dropout is active.
+
+    Returns:
+        A tensor of shape `(batch, q_len, query_dim)`, and the attention
+        probabilities if `return_attention_scores=True`.
+
+    Example:
+    ```python
+    layer = MultiHeadAttention(num_heads=2, key_dim=8)
+    x = np.random.uniform(size=(2, 5, 16)).astype("float32")
+    mask = np.tril(np.ones((5, 5), dtype=bool))[None].repeat(2, axis=0)
+    y = layer(x, x, attention_mask=mask)  # (2, 5, 16)
+    ```
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        key_dim,
+        value_dim=None,
+        dropout=0.0,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(num_heads, int) or num_heads <= 0:
+            raise ValueError(
+                "`num_heads` must be a positive integer. "
+                f"Received: num_heads={num_heads}"
+            )
+        if not isinstance(key_dim, int) or key_dim <= 0:
+            raise ValueError(
+                f"`key_dim` must be a positive integer. Received: key_dim={key_dim}"
+            )
+        if value_dim is not None and (not isinstance(value_dim, int) or value_dim <= 0):
+            raise ValueError(
+                "`value_dim` must be a positive integer or None. "
+                f"Received: value_dim={value_dim}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(
+                f"`dropout` must be in [0, 1). Received: dropout={dropout}"
+            )
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.value_dim = value_dim
+        self.dropout = dropout
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    def _projection(self, equation, output_shape, bias_axes, name):
+        return keras.layers.EinsumDense(
+            equation,
+            output_shape=output_shape,
+            bias_axes=bias_axes if self.use_bias else None,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def build(self, query_shape, value_shape, key_shape=None):
+        key_shape = value_shape if key_shape is None else key_shape
+        for arg, shape in (
+            ("query", query_shape),
+            ("value", value_shape),
+            ("key", key_shape),
+        ):
+            if len(shape) != 3:
+                raise ValueError(
+                    f"`{arg}` must have rank 3 (batch, seq, dim). "
+                    f"Received: {arg}.shape={tuple(shape)}"
+                )
+        value_dim = self.value_dim or self.key_dim
+        hidden_dim = query_shape[-1]
+        # Same einsum equations (and so weight shapes) as
+        # `keras.layers.MultiHeadAttention` on rank-3 inputs.
+        self._query_dense = self._projection(
+            "abc,cde->abde", (None, self.num_heads, self.key_dim), "de", "query"
+        )
+        self._query_dense.build(query_shape)
+        self._key_dense = self._projection(
+            "abc,cde->abde", (None, self.num_heads, self.key_dim), "de", "key"
+        )
+        self._key_dense.build(key_shape)
+        self._value_dense = self._projection(
+            "abc,cde->abde", (None, self.num_heads, value_dim), "de", "value"
+        )
+        self._value_dense.build(value_shape)
+        self._output_dense = self._projection(
+            "abcd,cde->abe", (None, hidden_dim), "e", "attention_output"
+        )
+        self._output_dense.build(
+            (query_shape[0], query_shape[1], self.num_heads, value_dim)
+        )
+        self._dropout_layer = keras.layers.Dropout(
+            rate=self.dropout, dtype=self.dtype_policy, name="attention_dropout"
+        )
+        self.built = True
+
+    def call(
+        self,
+        query,
+        value,
+        key=None,
+        attention_mask=None,
+        return_attention_scores=False,
+        training=None,
+    ):
+        if key is None:
+            key = value
+        query = self._query_dense(query)  # (batch, q_len, heads, key_dim)
+        key = self._key_dense(key)  # (batch, kv_len, heads, key_dim)
+        value = self._value_dense(value)  # (batch, kv_len, heads, value_dim)
+
+        query = ops.multiply(
+            query, ops.cast(1.0 / math.sqrt(float(self.key_dim)), query.dtype)
+        )
+        scores = ops.einsum("bthd,bshd->bhts", query, key)  # (b, h, q, kv)
+        # Mask and normalise in float32 whatever the compute dtype.
+        scores = ops.cast(scores, "float32")
+        if attention_mask is not None:
+            mask = ops.cast(attention_mask, "bool")
+            mask = ops.expand_dims(mask, axis=1)  # (batch, 1, q_len, kv_len)
+            scores = ops.where(mask, scores, _MASK_FILL_VALUE)
+        probs = ops.softmax(scores, axis=-1)  # (batch, heads, q_len, kv_len)
+        probs = ops.cast(probs, self.compute_dtype)
+        dropped = self._dropout_layer(probs, training=training)
+
+        output = ops.einsum("bhts,bshd->bthd", dropped, value)  # (b, q, h, v)
+        output = self._output_dense(output)  # (batch, q_len, hidden_dim)
+        if return_attention_scores:
+            return output, probs
+        return output
+
+    def compute_output_shape(self, query_shape, value_shape, key_shape=None):
+        return query_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "key_dim": self.key_dim,
+                "value_dim": self.value_dim,
+                "dropout": self.dropout,
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            }
+        )
+        return config

@@ -1,0 +1,243 @@
+"""Transformer encoder text classifier."""
+
+import keras
+from keras import ops
+
+from models.layers.token_and_position_embedding import TokenAndPositionEmbedding
+from models.layers.transformer_encoder import TransformerEncoder
+
+_POOLING_MODES = ("mean", "first")
+
+
+@keras.saving.register_keras_serializable(package="transformer_pipeline")
+class TextClassifier(keras.Model):
+    """A Transformer encoder with a classification head.
+
+    token ids -> `TokenAndPositionEmbedding` -> dropout -> `num_layers` x
+    `TransformerEncoder` -> final `LayerNormalization` (only when
+    `norm_first`, since pre-norm blocks leave their output unnormalized) ->
+    pooling -> dropout -> dense logits.
+
+    The encoder is reachable for loading pre-trained weights:
+    `self.embedding` (with `self.embedding.token_embedding`),
+    `self.embeddings_dropout`, `self.encoder_layers` (a list of
+    `TransformerEncoder`), `self.final_layer_norm` (`None` when
+    `norm_first=False`); the head is `self.output_dropout` and
+    `self.classifier_head`.
+
+    Building: sub-layers are created in `__init__` but have no weights until
+    the model is built, either by calling it once on a dummy batch
+    (`model(dummy_batch)`) or by `model.build({"token_ids": (None, seq),
+    "padding_mask": (None, seq)})`. After that every weight exists, so a
+    checkpoint can be restored or weights copied.
+
+    Precision: pooling and the classifier head always run in float32, so the
+    logits are float32 even under a `mixed_bfloat16` policy.
+
+    Masking: padding positions never influence the logits. With
+    `pooling="mean"` the pooled vector is the mean over real tokens, divided by
+    `max(count, 1)` so that an all-padding row gives finite logits.
+    With `pooling="first"` the vector of the first token is used (put a
+    classification token there).
+
+    Args:
+        vocabulary_size: int, the number of token ids.
+        num_classes: int, the number of classes.
+        hidden_dim: int, the size of the embeddings and encoder outputs.
+            Defaults to `128`.
+        intermediate_dim: int, the hidden size of each feed-forward network.
+            Defaults to `256`.
+        num_heads: int, the number of attention heads; must divide
+            `hidden_dim`. Defaults to `4`.
+        num_layers: int, the number of encoder blocks. Defaults to `2`.
+        dropout: float in `[0, 1)`, the dropout rate of the embeddings, the
+            encoder blocks and the pooled vector. Defaults to `0.1`.
+        max_sequence_length: int, the longest accepted sequence. Defaults to
+            `64`.
+        norm_first: bool, pre-norm encoder blocks (and a final layer norm) if
+            `True`, post-norm if `False`. Defaults to `True`.
+        pooling: `"mean"` or `"first"`. Defaults to `"mean"`.
+        **kwargs: other keyword arguments passed to `keras.Model`, including
+            `name`, `dtype` etc.
+
+    Call arguments:
+        inputs: a dict with `"token_ids"`, an int32 tensor of shape
+            `(batch, seq)`, and `"padding_mask"`, a bool/int tensor of shape
+            `(batch, seq)` that is `True`/`1` for real tokens.
+        training: bool, whether dropout is active.
+
+    Returns:
+        float32 logits of shape `(batch, num_classes)`.
+
+    Example:
+    ```python
+    model = TextClassifier(vocabulary_size=8000, num_classes=26)
+    logits = model(
+        {
+            "token_ids": np.array([[12, 7, 99, 0]], dtype="int32"),
+            "padding_mask": np.array([[1, 1, 1, 0]], dtype="int32"),
+        }
+    )  # (1, 26)
+    ```
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        num_classes,
+        hidden_dim=128,
+        intermediate_dim=256,
+        num_heads=4,
+        num_layers=2,
+        dropout=0.1,
+        max_sequence_length=64,
+        norm_first=True,
+        pooling="mean",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        for arg, value in (
+            ("vocabulary_size", vocabulary_size),
+            ("num_classes", num_classes),
+            ("hidden_dim", hidden_dim),
+            ("intermediate_dim", intermediate_dim),
+            ("num_heads", num_heads),
+            ("num_layers", num_layers),
+            ("max_sequence_length", max_sequence_length),
+        ):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(
+                    f"`{arg}` must be a positive integer. Received: {arg}={value}"
+                )
+        if hidden_dim % num_heads != 0:
+            raise ValueError(
+                "`hidden_dim` must be divisible by `num_heads`. "
+                f"Received: hidden_dim={hidden_dim}, num_heads={num_heads}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(
+                f"`dropout` must be in [0, 1). Received: dropout={dropout}"
+            )
+        if pooling not in _POOLING_MODES:
+            raise ValueError(
+                f"`pooling` must be one of {_POOLING_MODES}. "
+                f"Received: pooling={pooling!r}"
+            )
+        self.vocabulary_size = vocabulary_size
+        self.num_classes = num_classes
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        self.num_heads = num_heads
+        self.num_layers = num_layers
+        self.dropout = dropout
+        self.max_sequence_length = max_sequence_length
+        self.norm_first = norm_first
+        self.pooling = pooling
+
+        self.embedding = TokenAndPositionEmbedding(
+            vocabulary_size=vocabulary_size,
+            hidden_dim=hidden_dim,
+            max_sequence_length=max_sequence_length,
+            dtype=self.dtype_policy,
+            name="embedding",
+        )
+        self.embeddings_dropout = keras.layers.Dropout(
+            dropout, dtype=self.dtype_policy, name="embeddings_dropout"
+        )
+        self.encoder_layers = [
+            TransformerEncoder(
+                intermediate_dim=intermediate_dim,
+                num_heads=num_heads,
+                dropout=dropout,
+                activation="gelu",
+                norm_first=norm_first,
+                dtype=self.dtype_policy,
+                name=f"transformer_layer_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.final_layer_norm = None
+        if norm_first:
+            self.final_layer_norm = keras.layers.LayerNormalization(
+                epsilon=1e-5, dtype=self.dtype_policy, name="final_layer_norm"
+            )
+        # The pooled vector and the head are float32 under every policy.
+        self.output_dropout = keras.layers.Dropout(
+            dropout, dtype="float32", name="output_dropout"
+        )
+        self.classifier_head = keras.layers.Dense(
+            num_classes, dtype="float32", name="logits"
+        )
+
+    def build(self, input_shape):
+        """Creates all weights.
+
+        Args:
+            input_shape: a dict with a `"token_ids"` shape `(batch, seq)`, or
+                such a shape itself.
+        """
+        if isinstance(input_shape, dict):
+            token_ids_shape = tuple(input_shape["token_ids"])
+        else:
+            token_ids_shape = tuple(input_shape)
+        sequence_shape = token_ids_shape + (self.hidden_dim,)
+        self.embedding.build(token_ids_shape)
+        for layer in self.encoder_layers:
+            layer.build(sequence_shape)
+        if self.final_layer_norm is not None:
+            self.final_layer_norm.build(sequence_shape)
+        self.classifier_head.build((token_ids_shape[0], self.hidden_dim))
+        self.built = True
+
+    def call(self, inputs, training=None):
+        if not isinstance(inputs, dict) or not {"token_ids", "padding_mask"} <= set(
+            inputs
+        ):
+            raise ValueError(
+                "`inputs` must be a dict with keys 'token_ids' and "
+                f"'padding_mask'. Received: inputs={inputs}"
+            )
+        token_ids = inputs["token_ids"]  # (batch, seq)
+        padding_mask = ops.cast(inputs["padding_mask"], "bool")  # (batch, seq)
+
+        x = self.embedding(token_ids)  # (batch, seq, hidden_dim)
+        x = self.embeddings_dropout(x, training=training)
+        for layer in self.encoder_layers:
+            x = layer(x, padding_mask=padding_mask, training=training)
+        if self.final_layer_norm is not None:
+            x = self.final_layer_norm(x)
+
+        x = ops.cast(x, "float32")
+        if self.pooling == "mean":
+            mask = ops.cast(ops.expand_dims(padding_mask, -1), "float32")
+            total = ops.sum(x * mask, axis=1)  # (batch, hidden_dim)
+            count = ops.maximum(ops.sum(mask, axis=1), 1.0)  # (batch, 1)
+            pooled = total / count
+        else:
+            pooled = x[:, 0, :]  # (batch, hidden_dim)
+        pooled = self.output_dropout(pooled, training=training)
+        logits = self.classifier_head(pooled)  # (batch, num_classes)
+        return ops.cast(logits, "float32")
+
+    def compute_output_shape(self, input_shape):
+        if isinstance(input_shape, dict):
+            input_shape = input_shape["token_ids"]
+        return (input_shape[0], self.num_classes)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocabulary_size": self.vocabulary_size,
+                "num_classes": self.num_classes,
+                "hidden_dim": self.hidden_dim,
+                "intermediate_dim": self.intermediate_dim,
+                "num_heads": self.num_heads,
+                "num_layers": self.num_layers,
+                "dropout": self.dropout,
+                "max_sequence_length": self.max_sequence_length,
+                "norm_first": self.norm_first,
+                "pooling": self.pooling,
+            }
+        )
+        return config
