@@ -188,13 +188,19 @@ def print_summary(cfg, metrics, seconds):
     lines.append(f"  test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}"
                  f"   (Transformer, {metrics['training']['parameters']:,} parameters)")
     lines.append(f"  test accuracy {base['accuracy']:.4f}  macro-F1 {base['macro_f1']:.4f}"
-                 "   (baseline: TF-IDF + logistic regression, same split and text)")
+                 "   (baseline: TF-IDF + linear SVM, same split and text)")
     for variant, r in metrics.get("tflite", {}).items():
         lines.append(f"  TFLite {variant:<13} accuracy {r['accuracy']:.4f}  agreement "
                      f"{r['agreement_with_keras']:.4f}  batch-1 "
                      f"{r['latency_batch1']['threads_1']['median_ms']:.2f} ms")
-    lines.append(f"  training: {metrics['training']['examples_per_second']:,.0f} examples/s, "
-                 f"{metrics['training']['steps']:,} steps")
+    training = metrics["training"]
+    if training["steps"] > training["resumed_from_step"]:
+        lines.append(f"  training: {training['examples_per_second']:,.0f} examples/s over "
+                     f"{training['steps'] - training['resumed_from_step']:,} steps in this "
+                     f"run ({training['seconds_this_process'] / 60:.1f} min)")
+    else:
+        lines.append(f"  training: already complete ({training['steps']:,} steps); "
+                     "delete checkpoints/ to train again")
     log("\n".join(lines))
 
 

@@ -25,23 +25,28 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray,
 
 
 def tfidf_baseline(train_texts, train_labels, test_texts, test_labels,
-                   label_names: list[str], c: float = 10.0, log=print) -> dict:
-    """Word uni+bigram TF-IDF + logistic regression, the same text as the model."""
+                   label_names: list[str], c: float = 1.0, log=print) -> dict:
+    """Word uni+bigram TF-IDF + a linear SVM, on the same text as the model.
+
+    The strongest of the cheap classical baselines measured on the default
+    task (README, "Baseline"): on the same split it beat TF-IDF + logistic
+    regression (C=10) by about a point and trains in seconds.
+    """
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
 
     start = time.time()
-    log("[baseline] TF-IDF (word 1-2 grams, sublinear tf) + logistic regression "
-        f"(C={c}) on {len(train_texts):,} train texts ...")
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
+    method = ("TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2) + "
+              f"LinearSVC(C={c})")
+    log(f"[baseline] {method} on {len(train_texts):,} train texts ...")
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
     x_train = vectorizer.fit_transform(list(train_texts))
     x_test = vectorizer.transform(list(test_texts))
-    classifier = LogisticRegression(C=c, max_iter=300)
+    classifier = LinearSVC(C=c)
     classifier.fit(x_train, train_labels)
     predictions = classifier.predict(x_test)
     metrics = classification_metrics(test_labels, predictions, label_names)
-    metrics["method"] = ("TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True) + "
-                         f"LogisticRegression(C={c})")
+    metrics["method"] = method
     metrics["seconds"] = round(time.time() - start, 1)
     log(f"[baseline] test accuracy {metrics['accuracy']:.4f} macro-F1 "
         f"{metrics['macro_f1']:.4f} ({metrics['seconds']}s)")

@@ -44,11 +44,11 @@ def test_wordnet_topics_through_tfds(debug_splits):
     splits = debug_splits
     assert splits.label_names == NOUN_LEXNAMES
     for split in ("train", "validation", "test"):
-        assert len(splits.texts[split]) == 512
+        assert len(splits.texts[split]) == 1500
         assert all(": " in t for t in splits.texts[split][:20])  # "lemmas: definition"
     card = splits.data_card()
-    assert card["splits"]["train"]["examples"] == 512
-    assert sum(card["splits"]["test"]["per_class"].values()) == 512
+    assert card["splits"]["train"]["examples"] == 1500
+    assert sum(card["splits"]["test"]["per_class"].values()) == 1500
 
 
 def write(path, text):
