@@ -105,8 +105,15 @@ def build_serving_archive(model: keras.Model, tokenizer_path: str,
 
 def export_serving(model: keras.Model, tokenizer_path: str, label_names: list[str],
                    serving_root: str, model_name: str, version: int = 0,
-                   log=print) -> str:
-    """Writes serving_root/model_name/<version>/ atomically; returns its path."""
+                   log=print, warmup_texts: list[str] | None = None,
+                   check_ops: bool = True) -> str:
+    """Writes serving_root/model_name/<version>/ atomically; returns its path.
+
+    With `warmup_texts`, assets.extra/tf_serving_warmup_requests holds TF Serving
+    warm-up PredictRequests built from them. With `check_ops`, the op check of
+    export.check_serving runs on the finished temp dir; a failure removes it and
+    raises ServingCheckError, leaving the previous versions as they were.
+    """
     start = time.time()
     model_root = os.path.join(serving_root, model_name)
     version = version or next_version(model_root)
@@ -121,6 +128,19 @@ def export_serving(model: keras.Model, tokenizer_path: str, label_names: list[st
     shutil.copy(tokenizer_path, os.path.join(extra, "spm.model"))
     with open(os.path.join(extra, "labels.txt"), "w", encoding="utf-8") as f:
         f.write("".join(f"{n}\n" for n in label_names))
+    if warmup_texts:
+        from export.warmup import write_warmup_requests
+
+        write_warmup_requests(tmp_dir, list(warmup_texts), model_name)
+    if check_ops:
+        from export.check_serving import ServingCheckError, check_saved_model
+
+        result = check_saved_model(tmp_dir)
+        if not result.ok:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise ServingCheckError(result.error())
+        log(f"[export] op check: {len(result.ops)} op types, all TF core or "
+            "tensorflow-text (python -m export.check_serving <dir> lists them)")
     replace_dir(tmp_dir, final_dir)
     log(f"[export] SavedModel {final_dir} ({dir_size(final_dir) / 1e6:.1f} MB, "
         f"{time.time() - start:.1f}s)")

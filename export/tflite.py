@@ -66,8 +66,9 @@ def export_tflite(model: keras.Model, variants: list[str], out_dir: str,
     source = tempfile.mkdtemp(prefix="tflite-source-")
     try:
         write_tflite_source(model, source)
-        for variant in variants:
+        for number, variant in enumerate(variants, 1):
             start = time.time()
+            log(f"[export] converting TFLite {variant} ({number}/{len(variants)}) ...")
             path = os.path.join(out_dir, f"{variant}.tflite")
             write_atomic(path, convert(source, variant))
             paths[variant] = path
@@ -118,8 +119,10 @@ def evaluate_tflite(paths: dict[str, str], token_ids: np.ndarray, labels: np.nda
     """Accuracy, agreement with Keras, size and batch-1 latency per variant."""
     keras_pred = keras_probabilities.argmax(-1)
     results = {}
-    for variant, path in paths.items():
+    for number, (variant, path) in enumerate(paths.items(), 1):
         start = time.time()
+        log(f"[tflite] {variant} ({number}/{len(paths)}): {len(labels):,} test examples, "
+            f"then batch-1 latency ({latency_runs} runs x 1 and 2 threads) ...")
         probabilities = TFLiteClassifier(path).predict(token_ids)
         pred = probabilities.argmax(-1)
         latency = {f"threads_{n}": measure_latency_ms(path, token_ids[0], latency_runs, n)

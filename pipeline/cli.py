@@ -21,6 +21,7 @@ examples:
   python -m pipeline evaluate configs/text_classification.yaml
   python -m pipeline export configs/text_classification.yaml
   python -m pipeline show-config configs/text_classification.yaml --set model.num_layers=4
+  python -m pipeline tensorboard configs/text_classification.yaml --port 6006
 
 Every run writes under artifacts/<experiment name>/; running the same command
 again resumes training from the latest checkpoint there.
@@ -76,6 +77,7 @@ def evaluate_model(cfg, splits, tokenizer_path, model, baseline=True):
     from pipeline.evaluate import (classification_metrics, plot_confusion_matrix,
                                    tfidf_baseline)
     from pipeline.input import make_eval_dataset
+    from pipeline.progress import Progress, counted
     from pipeline.tokenizer import InGraphTokenizer, read_model
     from pipeline.train import predict_logits
 
@@ -83,7 +85,10 @@ def evaluate_model(cfg, splits, tokenizer_path, model, baseline=True):
     tokenizer = InGraphTokenizer(read_model(tokenizer_path), cfg.model.max_sequence_length)
     data = make_eval_dataset(splits.dataset("test"), tokenizer, cfg,
                              cfg.train.global_batch_size)
-    logits, labels = predict_logits(model, data)
+    progress = Progress("[test]", "predicting", len(splits.labels["test"]), log=log,
+                        interval_seconds=5)
+    logits, labels = predict_logits(
+        model, counted(data, progress, lambda batch: int(batch[1].shape[0])))
     predictions = logits.argmax(-1)
     metrics = classification_metrics(labels, predictions, splits.label_names)
     log(f"[test] model accuracy {metrics['accuracy']:.4f} macro-F1 "
@@ -113,7 +118,8 @@ def export_all(cfg, splits, tokenizer_path, model, keras_probabilities):
     run_dir, e = cfg.run_dir, cfg.export
     version_dir = export_serving(model, tokenizer_path, splits.label_names,
                                  os.path.join(run_dir, "serving"), e.model_name,
-                                 e.version, log=log)
+                                 e.version, log=log,
+                                 warmup_texts=[str(t) for t in splits.texts["validation"][:16]])
     paths = export_tflite(model, e.tflite_variants, os.path.join(run_dir, "edge"), log=log)
     ids, labels = test_token_ids(cfg, splits, tokenizer_path)
     tflite = evaluate_tflite(paths, ids, labels, keras_probabilities,
@@ -156,8 +162,21 @@ def run(cfg, do_export=True):
         metrics["artifacts"] = {k: v for k, v in exported.items() if k != "tflite"}
     metrics_path = os.path.join(cfg.run_dir, "metrics.json")
     write_json(metrics_path, metrics)
+    write_training_curves(cfg, result.history)
     print_summary(cfg, metrics, time.time() - start)
     return metrics
+
+
+def write_training_curves(cfg, history=None):
+    """report/training_curves.png from the run's TensorBoard event files."""
+    from pipeline.plots import TRAINING_CURVES_FILE, plot_training_curves
+
+    path = plot_training_curves(
+        os.path.join(cfg.run_dir, "tensorboard"),
+        os.path.join(cfg.run_dir, "report", TRAINING_CURVES_FILE),
+        title=f"{cfg.name}: training curves", history=history)
+    log(f"[report] training curves {path}")
+    return path
 
 
 def print_summary(cfg, metrics, seconds):
@@ -176,6 +195,7 @@ def print_summary(cfg, metrics, seconds):
     entry(os.path.join(run_dir, "tokenizer"), "spm.model, labels.txt")
     entry(os.path.join(run_dir, "checkpoints"), "tf.train checkpoints (rerun resumes)")
     entry(os.path.join(run_dir, "tensorboard"), f"tensorboard --logdir {run_dir}/tensorboard")
+    entry(os.path.join(run_dir, "report", "training_curves.png"), "loss/accuracy/lr curves")
     entry(os.path.join(run_dir, "report", "confusion_matrix.png"), "confusion matrix")
     entry(os.path.join(run_dir, "metrics.json"), "test metrics, baseline, TFLite checks")
     if "artifacts" in metrics:
@@ -209,7 +229,7 @@ def load_trained(cfg, splits, tokenizer_path):
     import tensorflow as tf
 
     from pipeline.tokenizer import vocabulary_size
-    from pipeline.train import build_model
+    from pipeline.train import ModelVariables, build_model
 
     model = build_model(cfg, vocabulary_size(tokenizer_path), splits.num_classes)
     directory = os.path.join(cfg.run_dir, "checkpoints")
@@ -218,9 +238,34 @@ def load_trained(cfg, splits, tokenizer_path):
     if not path:
         raise FileNotFoundError(f"no checkpoint under {directory}: run "
                                 "'python -m pipeline train <config>' first")
-    tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    tf.train.Checkpoint(model=ModelVariables(model)).restore(path).expect_partial() \
+        .assert_existing_objects_matched()
     log(f"[model] restored {path}")
     return model
+
+
+def serve_tensorboard(cfg, port=6006, every_run=False) -> int:
+    """Serves the run's (or every run's) TensorBoard logs until Ctrl-C."""
+    import threading
+
+    from pipeline.summaries import launch_tensorboard
+
+    logdir = cfg.runtime.artifacts_root if every_run else \
+        os.path.join(cfg.run_dir, "tensorboard")
+    try:
+        url = launch_tensorboard(logdir, port=port)
+    except OSError as err:  # port taken; FileNotFoundError goes to main()
+        if isinstance(err, FileNotFoundError):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    log(f"TensorBoard {url} serving {logdir} (scalars, text, graphs, hparams); "
+        "Ctrl-C stops it")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def main(argv=None) -> int:
@@ -237,6 +282,7 @@ def main(argv=None) -> int:
         "evaluate": "test metrics and baseline of the trained model",
         "export": "SavedModel, TFLite variants and edge bundle of the trained model",
         "show-config": "print the resolved config",
+        "tensorboard": "serve the run's TensorBoard logs on 127.0.0.1 (Ctrl-C stops it)",
     }
     for name, text in helps.items():
         sub = commands.add_parser(name, help=text, description=text, epilog=EXAMPLES,
@@ -246,8 +292,15 @@ def main(argv=None) -> int:
         sub.add_argument("--set", action="append", metavar="KEY=VALUE",
                          help="override a config value, e.g. --set train.epochs=2 "
                          "(repeatable)")
+    board = commands.choices["tensorboard"]
+    board.add_argument("--port", type=int, default=6006,
+                       help="port on 127.0.0.1 (default 6006; 0 picks a free one)")
+    board.add_argument("--all", action="store_true",
+                       help="serve every experiment under runtime.artifacts_root, "
+                       "to compare runs (HParams dashboard)")
     args = parser.parse_args(argv)
 
+    from export.check_serving import ServingCheckError
     from pipeline.config import ConfigError
     from pipeline.datasets.wordnet_topics import DataPackageMissing
     from pipeline.sources import DataError
@@ -259,6 +312,8 @@ def main(argv=None) -> int:
 
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             return 0
+        if args.command == "tensorboard":
+            return serve_tensorboard(cfg, args.port, args.all)
         if args.command == "run":
             run(cfg)
         elif args.command == "prepare":
@@ -267,7 +322,8 @@ def main(argv=None) -> int:
             from pipeline.train import train
 
             splits, tokenizer_path = prepare(cfg)
-            train(cfg, splits, tokenizer_path, log=log)
+            result = train(cfg, splits, tokenizer_path, log=log)
+            write_training_curves(cfg, result.history)
         elif args.command in ("evaluate", "export"):
             from pipeline.evaluate import write_json
 
@@ -281,7 +337,8 @@ def main(argv=None) -> int:
                 write_json(os.path.join(cfg.run_dir, "evaluation.json"),
                            {k: v for k, v in evaluation.items()})
         return 0
-    except (ConfigError, DataError, DataPackageMissing, FileNotFoundError) as err:
+    except (ConfigError, DataError, DataPackageMissing, FileNotFoundError,
+            ServingCheckError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -307,7 +307,14 @@ def load_config(path: str | None = None,
     cfg = ExperimentConfig()
     if path:
         if not os.path.isfile(path):
-            raise ConfigError(f"config file not found: {path}")
+            import glob
+
+            shipped = sorted(glob.glob(os.path.join(
+                os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                "configs", "*.yaml")))
+            raise ConfigError(
+                f"config file not found: {path} (from {os.getcwd()}); pass a YAML file, "
+                "e.g. one of: " + ", ".join(os.path.relpath(p) for p in shipped))
         with open(path) as f:
             try:
                 values = yaml.safe_load(f) or {}

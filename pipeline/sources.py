@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.config import DataConfig
+from pipeline.progress import Progress
 
 SPLITS = ("train", "validation", "test")
 
@@ -130,7 +131,7 @@ def _load_wordnet_topics(cfg: DataConfig, artifacts_root: str, log) -> TextSplit
     require_file(cfg.wordnet_path)
     tfds.disable_progress_bar()
     builder = WordnetTopics(wordnet_path=cfg.wordnet_path,
-                            data_dir=_tfds_dir(cfg, artifacts_root))
+                            data_dir=_tfds_dir(cfg, artifacts_root), log=log)
     log(f"[data] preparing TFDS wordnet_topics from {cfg.wordnet_path} "
         f"into {builder.data_dir} (cached after the first run)")
     builder.download_and_prepare()
@@ -138,7 +139,10 @@ def _load_wordnet_topics(cfg: DataConfig, artifacts_root: str, log) -> TextSplit
     for split in SPLITS:
         rows = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
         t, y = [], []
+        progress = Progress("[data]", f"reading {split}",
+                            builder.info.splits[split].num_examples, log=log)
         for row in rows:
+            progress.update()
             definition = row["definition"].decode("utf-8")
             if cfg.include_lemmas:
                 definition = f"{row['lemmas'].decode('utf-8')}: {definition}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline import summaries
 from pipeline.config import ExperimentConfig, TrainConfig
 from pipeline.distribute import get_strategy
 from pipeline.input import make_eval_dataset, make_train_dataset
@@ -96,6 +98,29 @@ def make_optimizer(t: TrainConfig, total_steps: int) -> keras.optimizers.Optimiz
         global_clipnorm=t.clip_norm or None)
 
 
+class ModelVariables(tf.Module):
+    """Every variable of a Keras model, keyed by its path, for tf.train.Checkpoint.
+
+    Keras 3 keeps sub-layers held in Python lists (e.g. `encoder_layers`) in
+    its own trackers, which tf.train.Checkpoint does not traverse; checkpointing
+    the variables by path saves all of them, dropout RNG state included.
+    """
+
+    def __init__(self, model: keras.Model):
+        super().__init__(name=None)
+        variables: dict[str, keras.Variable] = {}
+        for v in model.variables:
+            # Keras numbers dropout RNG states globally ("seed_generator_7"), so
+            # the number depends on what the process built before: drop it and
+            # number them in the model's own (deterministic) variable order.
+            base = re.sub(r"seed_generator_\d+", "seed_generator", v.path)
+            key, n = base, 1
+            while key in variables:
+                key, n = f"{base}_{n}", n + 1
+            variables[key] = v
+        self.by_path = variables
+
+
 def restore_latest(checkpoint: tf.train.Checkpoint,
                    manager: tf.train.CheckpointManager, log=print) -> str | None:
     """Restores the newest readable checkpoint; skips truncated ones."""
@@ -103,7 +128,7 @@ def restore_latest(checkpoint: tf.train.Checkpoint,
         try:
             checkpoint.restore(path).assert_existing_objects_matched()
             return path
-        except (tf.errors.OpError, ValueError, AssertionError) as err:
+        except Exception as err:  # noqa: BLE001 - any unreadable file: try older
             log(f"[train] checkpoint {path} is unreadable "
                 f"({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
                 "trying the previous one")
@@ -148,14 +173,14 @@ def train(cfg: ExperimentConfig, splits: TextSplits, tokenizer_path: str,
         optimizer.build(model.trainable_variables)
         best_val = tf.Variable(-1.0, dtype=tf.float32, trainable=False)
         bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
+    checkpoint = tf.train.Checkpoint(model=ModelVariables(model), optimizer=optimizer,
                                      best_validation_accuracy=best_val,
                                      epochs_without_improvement=bad_epochs)
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
                                          max_to_keep=t.keep_checkpoints)
     best_manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=model), os.path.join(ckpt_dir, "best"),
+        tf.train.Checkpoint(model=ModelVariables(model)), os.path.join(ckpt_dir, "best"),
         max_to_keep=1, checkpoint_name="best")
     restored = restore_latest(checkpoint, manager, log)
     start_step = int(optimizer.iterations.numpy())
@@ -207,6 +232,8 @@ def train(cfg: ExperimentConfig, splits: TextSplits, tokenizer_path: str,
     tb_dir = os.path.join(run_dir, "tensorboard")
     train_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "train"))
     val_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "validation"))
+    summaries.write_hparams(val_writer, cfg.to_dict(), trial_id=cfg.name)
+    summaries.write_model_graph(train_writer, model, cfg.model.max_sequence_length)
     history: list[dict] = []
     step = start_step
     iterator = iter(train_data)
@@ -264,6 +291,8 @@ def train(cfg: ExperimentConfig, splits: TextSplits, tokenizer_path: str,
             with val_writer.as_default(step=step):
                 tf.summary.scalar("loss", val_loss)
                 tf.summary.scalar("accuracy", val_acc)
+            summaries.write_sample_predictions(val_writer, step, splits.texts["validation"],
+                                               labels, logits, splits.label_names)
             log(f"[eval] epoch {epoch} step {step:,}: validation loss {val_loss:.4f} "
                 f"accuracy {val_acc:.4f}{'  (best)' if improved else ''} "
                 f"({time.time() - val_start:.1f}s)")
@@ -280,7 +309,7 @@ def train(cfg: ExperimentConfig, splits: TextSplits, tokenizer_path: str,
     val_writer.flush()
     train_seconds = time.time() - run_start
     if best_manager.latest_checkpoint:
-        tf.train.Checkpoint(model=model).restore(
+        tf.train.Checkpoint(model=ModelVariables(model)).restore(
             best_manager.latest_checkpoint).assert_existing_objects_matched()
         log(f"[train] restored the best weights (validation accuracy "
             f"{float(best_val.numpy()):.4f}) from {best_manager.latest_checkpoint}")

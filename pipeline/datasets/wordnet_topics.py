@@ -90,8 +90,9 @@ class WordnetTopics(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release (WordNet 3.0 from wordnet-base)."}
 
-    def __init__(self, *, wordnet_path: str = DEFAULT_PATH, **kwargs):
+    def __init__(self, *, wordnet_path: str = DEFAULT_PATH, log=print, **kwargs):
         self._wordnet_path = wordnet_path
+        self._log = log  # progress lines while the splits are generated
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -116,6 +117,13 @@ class WordnetTopics(tfds.core.GeneratorBasedBuilder):
         }
 
     def _generate_examples(self, split: str):
+        from pipeline.progress import Progress
+
+        with open(self._wordnet_path, encoding="utf-8", errors="replace") as f:
+            total = sum(1 for line in f if line.strip() and not line.startswith("  "))
+        progress = Progress("[data]", f"generating {split}", total, unit="synsets",
+                            log=self._log)
         for row in read_synsets(self._wordnet_path):
+            progress.update()
             if split_of(row["id"]) == split:
                 yield row["id"], row

@@ -85,8 +85,6 @@ def test_bundle_manifest_hashes_match(edge_bundle):
 def test_crash_mid_export_keeps_the_previous_version(debug_run, saved_model_dir,
                                                      monkeypatch, debug_splits):
     """A failure while writing leaves the existing version directory untouched."""
-    import keras
-
     from export.saved_model import export_serving
     from pipeline.cli import load_trained
 
@@ -95,13 +93,17 @@ def test_crash_mid_export_keeps_the_previous_version(debug_run, saved_model_dir,
     model = load_trained(cfg, debug_splits, tokenizer_path)
     before = sorted(os.listdir(saved_model_dir))
 
-    def crash(self, directory, **kwargs):
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "saved_model.pb"), "wb") as f:
-            f.write(b"half")
-        raise OSError("disk full (simulated)")
+    class CrashingArchive:
+        def write_out(self, directory, **kwargs):
+            os.makedirs(directory, exist_ok=True)
+            with open(os.path.join(directory, "saved_model.pb"), "wb") as f:
+                f.write(b"half")
+            raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(keras.export.ExportArchive, "write_out", crash)
+    import export.saved_model
+
+    monkeypatch.setattr(export.saved_model, "build_serving_archive",
+                        lambda *args, **kwargs: CrashingArchive())
     root = os.path.dirname(os.path.dirname(saved_model_dir))
     version = int(os.path.basename(saved_model_dir))
     with pytest.raises(OSError, match="simulated"):

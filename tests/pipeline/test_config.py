@@ -45,7 +45,7 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     ("train.epochs=2.5", "train.epochs"),
     ("model.norm_first=maybe", "model.norm_first"),
     ("train.learning_rate=true", "train.learning_rate"),
-    ("export.tflite_variants=[1, 2]", r"export.tflite_variants\[0\]"),
+    ("export.tflite_variants=[{a: 1}]", r"export.tflite_variants\[0\]"),
 ])
 def test_wrong_type_names_the_key(override, key):
     with pytest.raises(ConfigError, match=rf"'{key}'"):

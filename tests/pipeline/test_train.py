@@ -28,7 +28,7 @@ def test_debug_run_writes_tensorboard_and_checkpoints(debug_run):
     latest = tf.train.latest_checkpoint(os.path.join(cfg.run_dir, "checkpoints"))
     assert latest and latest.endswith(f"-{metrics['training']['steps']}")
     assert os.path.isfile(os.path.join(cfg.run_dir, "config.yaml"))
-    assert metrics["training"]["steps"] == 2 * metrics["training"]["steps_per_epoch"]
+    assert metrics["training"]["steps"] == 6 * metrics["training"]["steps_per_epoch"]
 
 
 @pytest.fixture
