@@ -284,6 +284,14 @@ class Bundle:
             self._input_index, self._output_index = in_detail["index"], out_detail["index"]
 
         self._input_dtype = in_detail["dtype"]
+        # A full-integer (int8) model may return quantized probabilities:
+        # real = scale * (q - zero_point), with the output's own parameters.
+        self._output_dtype = np.dtype(out_detail["dtype"])
+        scale, zero_point = (out_detail.get("quantization") or (0.0, 0))[:2]
+        self._output_scale, self._output_zero_point = float(scale), int(zero_point)
+        if np.issubdtype(self._output_dtype, np.integer) and self._output_scale <= 0:
+            raise BundleError(f"model.tflite: output is {self._output_dtype.name} without a "
+                              "quantization scale; cannot read probabilities from it")
         _require(np.issubdtype(self._input_dtype, np.integer),
                  f"model.tflite: input must take integer token ids, it takes {np.dtype(self._input_dtype).name}")
         shape = list(in_detail.get("shape_signature", in_detail["shape"]))
@@ -318,6 +326,8 @@ class Bundle:
             self.interpreter.set_tensor(self._input_index, ids)
             self.interpreter.invoke()
             out = self.interpreter.get_tensor(self._output_index)
+        if np.issubdtype(self._output_dtype, np.integer):
+            return (np.asarray(out, dtype=np.float32) - self._output_zero_point) * self._output_scale
         return np.array(out, dtype=np.float32, copy=True)
 
     def classify_one(self, text: str, top_k: int = 1) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import os
 import shutil
 
 from export.saved_model import replace_dir
-from export.tflite import INPUT_NAME, OUTPUT_NAME
+from export.tflite import INPUT_NAME, OUTPUT_NAME, tensor_details
 from pipeline.tokenizer import PAD_ID
 
 PIPELINE_VERSION = "0.1.0"
@@ -48,6 +48,9 @@ def write_bundle(bundle_dir: str, tflite_path: str, tokenizer_path: str,
         "pad_id": PAD_ID,
         "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
         "variant": variant,
+        # name, dtype, shape and quantization {scale, zero_point} of the
+        # signature's input and output (scale 0 = not quantized)
+        "tensors": tensor_details(os.path.join(tmp, "model.tflite")),
         "pipeline_version": PIPELINE_VERSION,
         "files": {name: sha256(os.path.join(tmp, name)) for name in files},
     }

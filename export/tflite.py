@@ -17,6 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from export import quantize
+from export.quantize import VARIANTS, QuantizationError, QuantizationRecipe
 from export.saved_model import float32_model
 from pipeline.tokenizer import PAD_ID
 
@@ -41,14 +43,23 @@ def write_tflite_source(model: keras.Model, directory: str) -> str:
     return directory
 
 
-def convert(saved_model_dir: str, variant: str) -> bytes:
-    converter = tf.lite.TFLiteConverter.from_saved_model(
-        saved_model_dir, signature_keys=[SIGNATURE])
+def convert(saved_model_dir: str, variant: str, recipe: QuantizationRecipe | None = None,
+            log=print) -> bytes:
+    """One variant (export.quantize.VARIANTS) of the SavedModel as TFLite bytes."""
+    recipe = recipe or QuantizationRecipe()
+    if variant == "float32":
+        return tf.lite.TFLiteConverter.from_saved_model(
+            saved_model_dir, signature_keys=[SIGNATURE]).convert()
+    if variant == "float16":
+        return quantize.float16(saved_model_dir, SIGNATURE)
     if variant == "dynamic_range":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif variant != "float32":
-        raise ValueError(f"export.tflite_variants: unknown variant {variant!r}")
-    return converter.convert()
+        return quantize.dynamic_range(saved_model_dir, SIGNATURE)
+    if variant == "int8":
+        return quantize.int8(saved_model_dir, SIGNATURE, recipe, log=log)
+    if variant == "int16x8":
+        return quantize.int16x8(saved_model_dir, SIGNATURE, recipe, log=log)
+    raise ValueError(f"export.tflite_variants: unknown variant {variant!r} "
+                     f"(known: {', '.join(VARIANTS)})")
 
 
 def write_atomic(path: str, data: bytes) -> None:
@@ -60,23 +71,54 @@ def write_atomic(path: str, data: bytes) -> None:
 
 
 def export_tflite(model: keras.Model, variants: list[str], out_dir: str,
-                  log=print) -> dict[str, str]:
-    """Writes out_dir/<variant>.tflite for each variant; returns their paths."""
+                  log=print, recipe: QuantizationRecipe | None = None,
+                  failures: dict[str, str] | None = None) -> dict[str, str]:
+    """Writes out_dir/<variant>.tflite for each variant; returns their paths.
+
+    float32 must convert; another variant that fails is logged, left out of
+    the result and its reason put in `failures` (when given), so one broken
+    recipe never costs the whole export.
+    """
     paths = {}
     source = tempfile.mkdtemp(prefix="tflite-source-")
     try:
         write_tflite_source(model, source)
-        for number, variant in enumerate(variants, 1):
+        for variant in variants:
             start = time.time()
-            log(f"[export] converting TFLite {variant} ({number}/{len(variants)}) ...")
             path = os.path.join(out_dir, f"{variant}.tflite")
-            write_atomic(path, convert(source, variant))
+            try:
+                data = convert(source, variant, recipe, log=log)
+            except (QuantizationError, RuntimeError, ValueError) as err:
+                if variant == "float32" or failures is None:
+                    raise
+                reason = " ".join(str(err).split())[-500:] or type(err).__name__
+                failures[variant] = reason
+                log(f"[export] TFLite {variant}: conversion failed, left out: {reason}")
+                continue
+            write_atomic(path, data)
             paths[variant] = path
             log(f"[export] TFLite {variant}: {path} "
                 f"({os.path.getsize(path) / 1e6:.2f} MB, {time.time() - start:.1f}s)")
     finally:
         shutil.rmtree(source, ignore_errors=True)
     return paths
+
+
+def tensor_details(path: str) -> dict:
+    """Name, dtype, shape and quantization (scale, zero point) of the model's
+    signature input and output, as the edge app reads them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=path).get_signature_runner(SIGNATURE)
+
+    def describe(name, detail):
+        scale, zero_point = detail["quantization"]
+        return {"name": name, "dtype": np.dtype(detail["dtype"]).name,
+                "shape": [int(d) for d in detail.get("shape_signature", detail["shape"])],
+                "quantization": {"scale": float(scale), "zero_point": int(zero_point)}}
+
+    return {"input": describe(INPUT_NAME, runner.get_input_details()[INPUT_NAME]),
+            "output": describe(OUTPUT_NAME, runner.get_output_details()[OUTPUT_NAME])}
 
 
 class TFLiteClassifier:
@@ -87,9 +129,16 @@ class TFLiteClassifier:
 
         self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
         self.runner = self.interpreter.get_signature_runner(SIGNATURE)
+        output = self.runner.get_output_details()[OUTPUT_NAME]
+        self.output_dtype = np.dtype(output["dtype"])
+        self.output_scale, self.output_zero_point = output["quantization"]
 
     def __call__(self, token_ids: np.ndarray) -> np.ndarray:
-        return self.runner(**{INPUT_NAME: token_ids.astype(np.int32)})[OUTPUT_NAME]
+        """float32 probabilities; a quantized output is dequantized."""
+        out = self.runner(**{INPUT_NAME: token_ids.astype(np.int32)})[OUTPUT_NAME]
+        if self.output_dtype != np.float32:
+            out = (out.astype(np.float32) - self.output_zero_point) * self.output_scale
+        return out
 
     def predict(self, token_ids: np.ndarray, batch_size: int = 64) -> np.ndarray:
         return np.concatenate([self(token_ids[i:i + batch_size])
@@ -115,15 +164,27 @@ def measure_latency_ms(path: str, example: np.ndarray, runs: int = 100,
 
 def evaluate_tflite(paths: dict[str, str], token_ids: np.ndarray, labels: np.ndarray,
                     keras_probabilities: np.ndarray, latency_runs: int = 100,
-                    log=print) -> dict[str, dict]:
-    """Accuracy, agreement with Keras, size and batch-1 latency per variant."""
+                    log=print, failures: dict[str, str] | None = None) -> dict[str, dict]:
+    """Accuracy, agreement with Keras, size and batch-1 latency per variant.
+
+    A variant other than float32 that the runtime cannot run is left out and
+    its reason put in `failures` (when given).
+    """
     keras_pred = keras_probabilities.argmax(-1)
     results = {}
     for number, (variant, path) in enumerate(paths.items(), 1):
         start = time.time()
         log(f"[tflite] {variant} ({number}/{len(paths)}): {len(labels):,} test examples, "
             f"then batch-1 latency ({latency_runs} runs x 1 and 2 threads) ...")
-        probabilities = TFLiteClassifier(path).predict(token_ids)
+        try:
+            probabilities = TFLiteClassifier(path).predict(token_ids)
+        except (RuntimeError, ValueError) as err:
+            if variant == "float32" or failures is None:
+                raise
+            failures[variant] = "runtime: " + " ".join(str(err).split())[-500:]
+            log(f"[tflite] {variant}: ai_edge_litert cannot run it, left out: "
+                f"{failures[variant]}")
+            continue
         pred = probabilities.argmax(-1)
         latency = {f"threads_{n}": measure_latency_ms(path, token_ids[0], latency_runs, n)
                    for n in (1, 2)}

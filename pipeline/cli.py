@@ -22,6 +22,7 @@ examples:
   python -m pipeline export configs/text_classification.yaml
   python -m pipeline show-config configs/text_classification.yaml --set model.num_layers=4
   python -m pipeline tensorboard configs/text_classification.yaml --port 6006
+  python -m pipeline launch --workers 2 configs/text_classification_debug.yaml
 
 Every run writes under artifacts/<experiment name>/; running the same command
 again resumes training from the latest checkpoint there.
@@ -113,6 +114,8 @@ def export_all(cfg, splits, tokenizer_path, model, keras_probabilities):
     """SavedModel, TFLite variants (checked on the test split), edge bundle."""
     from export.bundle import write_bundle
     from export.saved_model import export_serving
+    from export.quantize import QuantizationRecipe
+    from export.report import choose_variant, format_table, summarize, write_report
     from export.tflite import evaluate_tflite, export_tflite
 
     run_dir, e = cfg.run_dir, cfg.export
@@ -120,25 +123,75 @@ def export_all(cfg, splits, tokenizer_path, model, keras_probabilities):
                                  os.path.join(run_dir, "serving"), e.model_name,
                                  e.version, log=log,
                                  warmup_texts=[str(t) for t in splits.texts["validation"][:16]])
-    paths = export_tflite(model, e.tflite_variants, os.path.join(run_dir, "edge"), log=log)
+    recipe = QuantizationRecipe(
+        calibration_ids=calibration_token_ids(cfg, splits, tokenizer_path)
+        if {"int8", "int16x8"} & set(e.tflite_variants) else None,
+        mask_fill_value=e.int8_mask_fill_value, float_ops=list(e.int8_float_ops),
+        per_channel=e.int8_per_channel, int8_output=e.int8_output)
+    failures = {}
+    paths = export_tflite(model, e.tflite_variants, os.path.join(run_dir, "edge"), log=log,
+                          recipe=recipe, failures=failures)
     ids, labels = test_token_ids(cfg, splits, tokenizer_path)
     tflite = evaluate_tflite(paths, ids, labels, keras_probabilities,
-                             latency_runs=e.latency_runs, log=log)
+                             latency_runs=e.latency_runs, log=log, failures=failures)
+    if e.edge_variant == "auto":
+        chosen, reason = choose_variant(tflite, e.accuracy_gate_points)
+    elif e.edge_variant in tflite:
+        chosen, reason = e.edge_variant, f"{e.edge_variant}: set by export.edge_variant"
+    else:
+        from pipeline.config import ConfigError
+
+        raise ConfigError(f"export.edge_variant={e.edge_variant!r} could not be produced: "
+                          f"{failures.get(e.edge_variant)}; choose another or 'auto'")
+    summary = summarize(tflite, chosen, reason, e.accuracy_gate_points, failures, extra={
+        "experiment": cfg.name, "edge_variant_setting": e.edge_variant,
+        "int8_recipe": {"calibration_examples": e.int8_calibration_examples,
+                        "calibration_split": "train",
+                        "mask_fill_value": e.int8_mask_fill_value,
+                        "float_ops": list(e.int8_float_ops),
+                        "per_channel": e.int8_per_channel, "output": e.int8_output}})
+    report = write_report(os.path.join(run_dir, "report"), summary,
+                          title=f"{cfg.name}: TFLite variants")
     bundle = write_bundle(
-        os.path.join(run_dir, "edge", "bundle"), paths[e.edge_variant], tokenizer_path,
-        splits.label_names, cfg.model.max_sequence_length, e.edge_variant,
-        extra={"accuracy": tflite[e.edge_variant]["accuracy"]}, log=log)
-    return {"saved_model": version_dir, "tflite": tflite, "edge_bundle": bundle}
+        os.path.join(run_dir, "edge", "bundle"), paths[chosen], tokenizer_path,
+        splits.label_names, cfg.model.max_sequence_length, chosen,
+        extra={"accuracy": tflite[chosen]["accuracy"],
+               "variant_choice": {"setting": e.edge_variant, "reason": reason,
+                                  "accuracy_gate_points": e.accuracy_gate_points,
+                                  "float32_accuracy": tflite["float32"]["accuracy"]}},
+        log=log)
+    log(f"\n{format_table(summary)}\n\nedge bundle: {reason}\n"
+        f"report: {report['markdown']}, {report['png']}")
+    return {"saved_model": version_dir, "tflite": tflite, "edge_bundle": bundle,
+            "quantization_report": report["json"]}
 
 
-def run(cfg, do_export=True):
+def calibration_token_ids(cfg, splits, tokenizer_path):
+    """int32 (n, max_sequence_length) token ids of n random train examples, the
+    int8/int16x8 calibration set (n = export.int8_calibration_examples)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from pipeline.tokenizer import InGraphTokenizer, read_model
+
+    texts = splits.texts["train"]
+    n = min(cfg.export.int8_calibration_examples, len(texts))
+    chosen = np.random.default_rng(cfg.train.seed).choice(len(texts), n, replace=False)
+    tokenizer = InGraphTokenizer(read_model(tokenizer_path), cfg.model.max_sequence_length)
+    return tokenizer(tf.constant([str(texts[i]) for i in sorted(chosen)])).numpy()
+
+
+def run(cfg, do_export=True, strategy=None):
     from pipeline.evaluate import write_json
     from pipeline.train import train
 
     start = time.time()
     log(f"== {cfg.name}: writing to {cfg.run_dir}/")
     splits, tokenizer_path = prepare(cfg)
-    result = train(cfg, splits, tokenizer_path, log=log)
+    result = train(cfg, splits, tokenizer_path, log=log, strategy=strategy)
+    if strategy is not None and not _is_chief(strategy):
+        log("[worker] training done; the chief (worker 0) evaluates and exports")
+        return None
     evaluation, probabilities = evaluate_model(cfg, splits, tokenizer_path, result.model)
     metrics = {
         "experiment": cfg.name,
@@ -165,6 +218,20 @@ def run(cfg, do_export=True):
     write_training_curves(cfg, result.history)
     print_summary(cfg, metrics, time.time() - start)
     return metrics
+
+
+def _is_chief(strategy) -> bool:
+    from pipeline.distribute import worker_info
+
+    return worker_info(strategy)[0]
+
+
+def _strategy_first(cfg):
+    """The strategy, created before any other TensorFlow work (required by
+    MultiWorkerMirroredStrategy and by logical CPU devices)."""
+    from pipeline.distribute import get_strategy
+
+    return get_strategy(cfg.runtime)
 
 
 def write_training_curves(cfg, history=None):
@@ -283,6 +350,7 @@ def main(argv=None) -> int:
         "export": "SavedModel, TFLite variants and edge bundle of the trained model",
         "show-config": "print the resolved config",
         "tensorboard": "serve the run's TensorBoard logs on 127.0.0.1 (Ctrl-C stops it)",
+        "launch": "start N multi-worker training processes on 127.0.0.1 (TF_CONFIG each)",
     }
     for name, text in helps.items():
         sub = commands.add_parser(name, help=text, description=text, epilog=EXAMPLES,
@@ -298,6 +366,13 @@ def main(argv=None) -> int:
     board.add_argument("--all", action="store_true",
                        help="serve every experiment under runtime.artifacts_root, "
                        "to compare runs (HParams dashboard)")
+    launcher = commands.choices["launch"]
+    launcher.add_argument("--workers", type=int, default=2, help="number of workers")
+    launcher.add_argument("--worker-command", default="run", choices=["run", "train"],
+                          help="what each worker runs (the chief also evaluates and "
+                          "exports with 'run')")
+    launcher.add_argument("--timeout", type=float, default=0,
+                          help="stop all workers after this many seconds (0 = none)")
     args = parser.parse_args(argv)
 
     from export.check_serving import ServingCheckError
@@ -314,16 +389,23 @@ def main(argv=None) -> int:
             return 0
         if args.command == "tensorboard":
             return serve_tensorboard(cfg, args.port, args.all)
+        if args.command == "launch":
+            from pipeline.launch import launch
+
+            return launch(args.config, args.set or [], args.workers, args.worker_command,
+                          args.timeout)
         if args.command == "run":
-            run(cfg)
+            run(cfg, strategy=_strategy_first(cfg))
         elif args.command == "prepare":
             prepare(cfg)
         elif args.command == "train":
             from pipeline.train import train
 
+            strategy = _strategy_first(cfg)
             splits, tokenizer_path = prepare(cfg)
-            result = train(cfg, splits, tokenizer_path, log=log)
-            write_training_curves(cfg, result.history)
+            result = train(cfg, splits, tokenizer_path, log=log, strategy=strategy)
+            if _is_chief(strategy):
+                write_training_curves(cfg, result.history)
         elif args.command in ("evaluate", "export"):
             from pipeline.evaluate import write_json
 
@@ -341,6 +423,22 @@ def main(argv=None) -> int:
             ServingCheckError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        from pipeline.train import Preempted
+
+        if isinstance(err, Preempted):
+            print(f"[train] {err}", flush=True)
+            return 143
+        import tensorflow as tf
+
+        if isinstance(err, tf.errors.OpError) and cfg.runtime.strategy == \
+                "multi_worker_mirrored":
+            print(f"error: multi-worker training stopped: {type(err).__name__}: "
+                  f"{str(err).splitlines()[0][:300]}\nA peer worker probably failed. "
+                  "Relaunch the same command to resume from the latest checkpoint.",
+                  file=sys.stderr, flush=True)
+            return 1
+        raise
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the latest "
               "checkpoint", file=sys.stderr)

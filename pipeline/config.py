@@ -18,6 +18,12 @@ from typing import Any
 import yaml
 
 
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+
+
+TFLITE_VARIANTS = ("float32", "float16", "dynamic_range", "int8", "int16x8")
+
+
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key."""
 
@@ -112,10 +118,20 @@ class TrainConfig:
 
 @dataclass
 class RuntimeConfig:
-    # tf.distribute strategy: "default", "one_device", "mirrored".
+    # tf.distribute strategy: "default", "one_device", "mirrored",
+    # "multi_worker_mirrored" (cluster from the TF_CONFIG environment variable)
+    # or "tpu" (needs a TPU; none is reachable on this project's machines).
     strategy: str = "default"
     # one_device: the device; mirrored: empty = all local devices.
     devices: list[str] = field(default_factory=list)
+    # tpu: the TPU name or grpc:// address ("" = local / from the environment).
+    tpu_address: str = ""
+    # multi_worker_mirrored: a collective op waiting longer than this for a
+    # peer fails (a dead worker ends the job instead of hanging it).
+    collective_timeout_seconds: int = 60
+    # Exit when one training step takes longer than this (0 = no watchdog);
+    # the first step, which traces and compiles, is allowed 5 times as long.
+    step_timeout_seconds: int = 120
     # Split the CPU into N logical devices (0 = leave as is); lets "mirrored"
     # run with several replicas on a CPU-only machine.
     logical_cpu_devices: int = 0
@@ -133,14 +149,33 @@ class ExportConfig:
     model_name: str = "text_classifier"
     # SavedModel version; 0 = one more than the newest existing version.
     version: int = 0
-    # TFLite variants to convert: "float32", "dynamic_range".
+    # TFLite variants to convert: "float32", "float16", "dynamic_range",
+    # "int8" (full integer, int32 token ids in), "int16x8".
     tflite_variants: list[str] = field(
-        default_factory=lambda: ["float32", "dynamic_range"]
+        default_factory=lambda: list(TFLITE_VARIANTS)
     )
-    # Variant copied into the edge bundle.
-    edge_variant: str = "dynamic_range"
-    # Batch-1 latency runs per TFLite variant.
+    # Variant copied into the edge bundle; "auto" = the smallest (then fastest)
+    # variant within export.accuracy_gate_points of float32 test accuracy.
+    edge_variant: str = "auto"
+    # Accuracy loss allowed against float32 for "auto", in points (0.5 = half
+    # a percentage point of test accuracy).
+    accuracy_gate_points: float = 0.5
+    # Batch-1 latency runs per TFLite variant and thread count (median reported).
     latency_runs: int = 100
+    # int8/int16x8: train-split examples fed to the calibrator.
+    int8_calibration_examples: int = 500
+    # int8/int16x8: value written over the attention-mask fill constant (-1e9)
+    # of the TFLite graph before calibration, so attention scores keep a usable
+    # int8 scale (docs/QUANTIZATION.md); 0 = keep the model's value.
+    int8_mask_fill_value: float = -20.0
+    # int8: TFLite ops kept in float (quantization debugger deny-list), e.g.
+    # [MEAN, SQUARED_DIFFERENCE, RSQRT] for LayerNorm.
+    int8_float_ops: list[str] = field(default_factory=list)
+    # int8/int16x8: per-channel (true) or per-tensor (false) int8 weights.
+    int8_per_channel: bool = True
+    # int8: type of the probabilities output, "float32" or "int8" (the app
+    # dequantizes with the output's scale and zero point).
+    int8_output: str = "float32"
 
 
 @dataclass
@@ -192,9 +227,12 @@ class ExperimentConfig:
                t.checkpoint_every_steps, "> 0")
         _check(t.log_every_steps > 0, "train.log_every_steps",
                t.log_every_steps, "> 0")
-        _check(r.strategy in ("default", "one_device", "mirrored"),
-               "runtime.strategy", r.strategy,
-               "'default', 'one_device' or 'mirrored'")
+        _check(r.strategy in STRATEGIES, "runtime.strategy", r.strategy,
+               "one of " + ", ".join(repr(s) for s in STRATEGIES))
+        _check(r.collective_timeout_seconds > 0, "runtime.collective_timeout_seconds",
+               r.collective_timeout_seconds, "> 0")
+        _check(r.step_timeout_seconds >= 0, "runtime.step_timeout_seconds",
+               r.step_timeout_seconds, ">= 0")
         _check(r.precision in ("float32", "mixed_bfloat16"), "runtime.precision",
                r.precision, "'float32' or 'mixed_bfloat16'")
         source_ok = d.source in ("wordnet_topics", "csv", "jsonl") or (
@@ -205,11 +243,28 @@ class ExperimentConfig:
             _check(bool(d.train_path), "data.train_path", d.train_path,
                    f"a file path when data.source is '{d.source}'")
         for variant in e.tflite_variants:
-            _check(variant in ("float32", "dynamic_range"),
-                   "export.tflite_variants", variant,
-                   "each of 'float32', 'dynamic_range'")
-        _check(e.edge_variant in e.tflite_variants, "export.edge_variant",
-               e.edge_variant, f"one of export.tflite_variants={e.tflite_variants}")
+            _check(variant in TFLITE_VARIANTS, "export.tflite_variants", variant,
+                   "each one of " + ", ".join(map(repr, TFLITE_VARIANTS)))
+        _check("float32" in e.tflite_variants, "export.tflite_variants",
+               e.tflite_variants, "a list that holds 'float32' (the reference)")
+        _check(len(set(e.tflite_variants)) == len(e.tflite_variants),
+               "export.tflite_variants", e.tflite_variants, "no repeated variant")
+        _check(e.edge_variant == "auto" or e.edge_variant in e.tflite_variants,
+               "export.edge_variant", e.edge_variant,
+               f"'auto' or one of export.tflite_variants={e.tflite_variants}")
+        _check(e.accuracy_gate_points >= 0, "export.accuracy_gate_points",
+               e.accuracy_gate_points, ">= 0")
+        _check(e.latency_runs >= 1, "export.latency_runs", e.latency_runs, ">= 1")
+        _check(e.int8_calibration_examples >= 1, "export.int8_calibration_examples",
+               e.int8_calibration_examples, ">= 1")
+        _check(e.int8_mask_fill_value <= 0, "export.int8_mask_fill_value",
+               e.int8_mask_fill_value, "<= 0 (0 keeps the model's fill value)")
+        _check(e.int8_output in ("float32", "int8"), "export.int8_output",
+               e.int8_output, "'float32' or 'int8'")
+        for op in e.int8_float_ops:
+            _check(op.isupper() and op.replace("_", "").isalnum(),
+                   "export.int8_float_ops", op,
+                   "TFLite op names in upper case, e.g. MEAN, RSQRT, SOFTMAX")
         _check(e.version >= 0, "export.version", e.version, ">= 0")
         return self
 

@@ -137,7 +137,10 @@ def _load_wordnet_topics(cfg: DataConfig, artifacts_root: str, log) -> TextSplit
     builder.download_and_prepare()
     texts, labels = {}, {}
     for split in SPLITS:
-        rows = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+        # TFDS slicing reads only what a debug run keeps.
+        spec = f"{split}[:{cfg.max_examples_per_split}]" if cfg.max_examples_per_split \
+            else split
+        rows = tfds.as_numpy(builder.as_dataset(split=spec, shuffle_files=False))
         t, y = [], []
         progress = Progress("[data]", f"reading {split}",
                             builder.info.splits[split].num_examples, log=log)

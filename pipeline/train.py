@@ -8,9 +8,14 @@ the progress output, and resumes from the latest readable checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
+import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -20,7 +25,7 @@ import tensorflow as tf
 
 from pipeline import summaries
 from pipeline.config import ExperimentConfig, TrainConfig
-from pipeline.distribute import get_strategy
+from pipeline.distribute import get_strategy, worker_info
 from pipeline.input import make_eval_dataset, make_train_dataset
 from pipeline.sources import TextSplits
 from pipeline.tokenizer import InGraphTokenizer, read_model, vocabulary_size
@@ -149,13 +154,86 @@ def predict_logits(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.nda
     return np.concatenate(logits), np.concatenate(labels)
 
 
+class Preempted(Exception):
+    """SIGTERM arrived; every worker saved a checkpoint at `step` and stops."""
+
+    def __init__(self, step: int, path: str):
+        super().__init__(f"SIGTERM received: checkpoint {path} saved at step {step}; "
+                         "rerun the same command to resume from it")
+        self.step, self.path = step, path
+
+
+class _Saver:
+    """CheckpointManager the tf.distribute way: the chief writes `directory`,
+    other workers write a private temporary directory that is then removed."""
+
+    def __init__(self, checkpoint, directory: str, is_chief: bool, worker: int,
+                 **kwargs):
+        self.is_chief = is_chief
+        self.directory = directory if is_chief else os.path.join(
+            os.path.dirname(directory.rstrip("/")), ".worker_tmp",
+            f"worker_{worker}", os.path.basename(directory.rstrip("/")))
+        self.manager = tf.train.CheckpointManager(checkpoint, self.directory, **kwargs)
+        # Every worker reads what the chief wrote.
+        self.reader = self.manager if is_chief else tf.train.CheckpointManager(
+            checkpoint, directory, **kwargs)
+
+    def save(self, step: int) -> str:
+        path = self.manager.save(checkpoint_number=step)
+        if not self.is_chief:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            return os.path.join(self.reader.directory, os.path.basename(path))
+        return path
+
+
+class _Watchdog:
+    """Ends the process when a step hangs (e.g. a peer worker was killed)."""
+
+    def __init__(self, timeout_seconds: int, log):
+        self.timeout, self.log = timeout_seconds, log
+        self.deadline: float | None = None
+        if timeout_seconds:
+            threading.Thread(target=self._watch, daemon=True,
+                             name="step-watchdog").start()
+
+    def arm(self, first: bool) -> None:
+        if self.timeout:
+            self.deadline = time.time() + self.timeout * (5 if first else 1)
+
+    def disarm(self) -> None:
+        self.deadline = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(1.0)
+            if self.deadline is not None and time.time() > self.deadline:
+                self.log(f"[train] error: no training step finished within "
+                         f"{self.timeout}s (runtime.step_timeout_seconds); a peer "
+                         "worker has probably died. Exiting; rerun the same command "
+                         "to resume from the latest checkpoint.")
+                sys.stdout.flush()
+                os._exit(75)
+
+
+def weights_digest(model: keras.Model) -> str:
+    """sha256 of all weights, to compare replicas across processes."""
+    digest = hashlib.sha256()
+    for v in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(v)).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def train(cfg: ExperimentConfig, splits: TextSplits, tokenizer_path: str,
-          log=print) -> TrainResult:
-    """Trains (or resumes) the task model; returns it with its best weights."""
+          log=print, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
+    """Trains (or resumes) the task model; returns it with its best weights.
+
+    Raises Preempted after saving a checkpoint when SIGTERM arrives.
+    """
     t, run_dir = cfg.train, cfg.run_dir
+    strategy = strategy or get_strategy(cfg.runtime)
     keras.config.set_dtype_policy(cfg.runtime.precision)
     keras.utils.set_random_seed(t.seed)
-    strategy = get_strategy(cfg.runtime)
+    is_chief, worker, num_workers = worker_info(strategy)
     replicas = strategy.num_replicas_in_sync
     if t.global_batch_size % replicas:
         raise ValueError(
@@ -177,16 +255,16 @@ def train(cfg: ExperimentConfig, splits: TextSplits, tokenizer_path: str,
                                      best_validation_accuracy=best_val,
                                      epochs_without_improvement=bad_epochs)
     ckpt_dir = os.path.join(run_dir, "checkpoints")
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
-                                         max_to_keep=t.keep_checkpoints)
-    best_manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=ModelVariables(model)), os.path.join(ckpt_dir, "best"),
-        max_to_keep=1, checkpoint_name="best")
-    restored = restore_latest(checkpoint, manager, log)
+    saver = _Saver(checkpoint, ckpt_dir, is_chief, worker, max_to_keep=t.keep_checkpoints)
+    best_saver = _Saver(tf.train.Checkpoint(model=ModelVariables(model)),
+                        os.path.join(ckpt_dir, "best"), is_chief, worker,
+                        max_to_keep=1, checkpoint_name="best")
+    restored = restore_latest(checkpoint, saver.reader, log)
     start_step = int(optimizer.iterations.numpy())
     if restored:
         log(f"[train] resumed from {restored} at step {start_step:,}/{total_steps:,}")
-    log(f"[train] strategy {cfg.runtime.strategy} ({replicas} replica(s)), "
+    log(f"[train] strategy {cfg.runtime.strategy} ({replicas} replica(s)"
+        f"{f' on {num_workers} workers, this is worker {worker}' if num_workers > 1 else ''}), "
         f"{model.count_params():,} parameters, precision {cfg.runtime.precision}, "
         f"global batch {t.global_batch_size}, {steps_per_epoch:,} steps/epoch, "
         f"{total_steps:,} steps")
@@ -218,20 +296,34 @@ def train(cfg: ExperimentConfig, splits: TextSplits, tokenizer_path: str,
     if cfg.runtime.jit_compile:
         forward_backward = tf.function(forward_backward, jit_compile=True)
 
-    def replica_step(inputs, labels):
+    def replica_step(inputs, labels, stop_requested):
         loss, correct, grads = forward_backward(inputs, labels)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss, correct
+        return loss, correct, tf.identity(stop_requested)
 
     @tf.function
-    def train_step(iterator):
-        loss, correct = strategy.run(replica_step, args=next(iterator))
+    def train_step(iterator, stop_requested):
+        inputs, labels = next(iterator)
+        loss, correct, stop = strategy.run(replica_step,
+                                           args=(inputs, labels, stop_requested))
+        # The stop flag is reduced like the loss, so every worker agrees to stop
+        # after the same step, whichever worker received SIGTERM.
         return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
+                strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, stop, axis=None))
+
+    sigterm = threading.Event()
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGTERM, lambda *_: sigterm.set())
+    watchdog = _Watchdog(cfg.runtime.step_timeout_seconds, log)
 
     tb_dir = os.path.join(run_dir, "tensorboard")
-    train_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "train"))
-    val_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "validation"))
+    if is_chief:
+        train_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "train"))
+        val_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "validation"))
+    else:
+        train_writer = val_writer = tf.summary.create_noop_writer()
     summaries.write_hparams(val_writer, cfg.to_dict(), trial_id=cfg.name)
     summaries.write_model_graph(train_writer, model, cfg.model.max_sequence_length)
     history: list[dict] = []
@@ -240,11 +332,15 @@ def train(cfg: ExperimentConfig, splits: TextSplits, tokenizer_path: str,
     window_loss = window_correct = 0.0
     window_steps, window_start = 0, time.time()
     run_start, steps_run, step_seconds = time.time(), 0, 0.0
-    stop = False
+    stop = preempted = False
     while step < total_steps and not stop:
         step_start = time.time()
-        loss, correct = train_step(iterator)
+        watchdog.arm(first=steps_run == 0)
+        loss, correct, stop_flag = train_step(
+            iterator, tf.constant(1.0 if sigterm.is_set() else 0.0))
         loss, correct = float(loss), float(correct)  # waits for the step
+        watchdog.disarm()
+        preempted = float(stop_flag) > 0
         step_seconds += time.time() - step_start
         step += 1
         steps_run += 1
@@ -283,7 +379,7 @@ def train(cfg: ExperimentConfig, splits: TextSplits, tokenizer_path: str,
             if improved:
                 best_val.assign(val_acc)
                 bad_epochs.assign(0)
-                best_manager.save(checkpoint_number=step)
+                best_saver.save(step)
             else:
                 bad_epochs.assign_add(1)
             history.append({"step": step, "epoch": epoch, "validation_loss": val_loss,
@@ -301,18 +397,29 @@ def train(cfg: ExperimentConfig, splits: TextSplits, tokenizer_path: str,
                 log(f"[train] early stop: no improvement for {int(bad_epochs.numpy())} "
                     "epoch(s)")
                 stop = True
+        if preempted:
+            path = saver.save(step)
+            train_writer.flush()
+            val_writer.flush()
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
+            raise Preempted(step, path)
         if step % t.checkpoint_every_steps == 0 or end_of_epoch or stop:
-            manager.save(checkpoint_number=step)
+            saver.save(step)
         if window_steps == 0:  # exclude logging/eval time from the rate window
             window_start = time.time()
     train_writer.flush()
     val_writer.flush()
     train_seconds = time.time() - run_start
-    if best_manager.latest_checkpoint:
+    if previous_handler is not None:
+        signal.signal(signal.SIGTERM, previous_handler)
+    log(f"[train] finished at step {step:,}; final weights digest {weights_digest(model)}")
+    best_path = best_saver.reader.latest_checkpoint
+    if is_chief and best_path:
         tf.train.Checkpoint(model=ModelVariables(model)).restore(
-            best_manager.latest_checkpoint).assert_existing_objects_matched()
+            best_path).assert_existing_objects_matched()
         log(f"[train] restored the best weights (validation accuracy "
-            f"{float(best_val.numpy()):.4f}) from {best_manager.latest_checkpoint}")
+            f"{float(best_val.numpy()):.4f}) from {best_path}")
     return TrainResult(
         model=model, steps=step, steps_per_epoch=steps_per_epoch,
         train_seconds=train_seconds,

@@ -1,0 +1,179 @@
+"""Quantization report: the gated choice of the edge variant, JSON, Markdown, PNG.
+
+`choose_variant` picks the default edge model: the smallest (then fastest at
+batch 1, one thread) TFLite variant whose test accuracy is within
+`gate_points` accuracy points of the float32 variant. float32 itself is always
+within its own gate, so when every quantized variant loses too much, float32
+is chosen.
+
+`write_report` writes, for every run, under artifacts/<exp>/report/:
+
+  quantization.json   every variant's measurements, failures, the choice and why
+  report.md           the same as a table
+  quantization.png    size vs batch-1 latency, each point labelled with accuracy
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+REPORT_JSON, REPORT_MD, REPORT_PNG = "quantization.json", "report.md", "quantization.png"
+_EPS = 1e-9  # accuracies are ratios of counts; compare with a hair of slack
+
+
+def _latency(result: dict, threads: int) -> float:
+    return float(result["latency_batch1"][f"threads_{threads}"]["median_ms"])
+
+
+def choose_variant(results: dict[str, dict], gate_points: float = 0.5) -> tuple[str, str]:
+    """(variant, reason): smallest, then fastest, variant within the gate.
+
+    Args:
+        results: per variant at least "accuracy" (0..1), "size_bytes" and
+            "latency_batch1" {"threads_1": {"median_ms"}}; must hold float32.
+        gate_points: allowed accuracy loss against float32, in points (0.5 =
+            half a percentage point).
+    """
+    if gate_points < 0:
+        raise ValueError(f"export.accuracy_gate_points must be >= 0, got {gate_points}")
+    if "float32" not in results:
+        raise ValueError("the accuracy gate compares with float32, which is not among "
+                         f"the evaluated variants {sorted(results)}")
+    reference = results["float32"]["accuracy"]
+    floor = reference - gate_points / 100.0
+    within = [v for v, r in results.items() if r["accuracy"] >= floor - _EPS]
+    outside = [v for v in results if v not in within]
+    chosen = min(within, key=lambda v: (results[v]["size_bytes"], _latency(results[v], 1)))
+    r = results[chosen]
+    ruled_out = "; ".join(
+        f"{v} {100 * results[v]['accuracy']:.2f}% "
+        f"({100 * (results[v]['accuracy'] - reference):+.2f} points)" for v in outside)
+    if chosen == "float32" and len(results) > 1:
+        why = (f"float32: no quantized variant is within {gate_points:g} accuracy points "
+               f"of float32 ({100 * reference:.2f}%, gate >= {100 * floor:.2f}%)")
+    else:
+        why = (f"{chosen}: smallest ({r['size_bytes'] / 1e6:.2f} MB), then fastest "
+               f"({_latency(r, 1):.3f} ms batch-1, 1 thread), of the variants within "
+               f"{gate_points:g} accuracy points of float32 ({100 * r['accuracy']:.2f}% "
+               f"vs {100 * reference:.2f}%, gate >= {100 * floor:.2f}%)")
+    if ruled_out:
+        why += f"; outside the gate: {ruled_out}"
+    return chosen, why
+
+
+def summarize(results: dict[str, dict], chosen: str, reason: str, gate_points: float,
+              failures: dict[str, str] | None = None, extra: dict | None = None) -> dict:
+    """The content of quantization.json."""
+    reference = results["float32"]["accuracy"]
+    floor = reference - gate_points / 100.0
+    variants = {}
+    for v, r in results.items():
+        variants[v] = {
+            "file": os.path.basename(r.get("path", f"{v}.tflite")),
+            "accuracy": r["accuracy"],
+            "accuracy_delta_points": round(100 * (r["accuracy"] - reference), 4),
+            "agreement_with_keras": r.get("agreement_with_keras"),
+            "size_bytes": r["size_bytes"],
+            "latency_ms_batch1_1_thread": _latency(r, 1),
+            "latency_ms_batch1_2_threads": _latency(r, 2),
+            "latency_runs": r["latency_batch1"]["threads_1"].get("runs"),
+            "examples": r.get("examples"),
+            "within_gate": r["accuracy"] >= floor - _EPS,
+        }
+    summary = {
+        "accuracy_gate_points": gate_points,
+        "float32_accuracy": reference,
+        "chosen": chosen,
+        "reason": reason,
+        "variants": variants,
+        "failed": dict(failures or {}),
+    }
+    summary.update(extra or {})
+    return summary
+
+
+def format_table(summary: dict) -> str:
+    """Markdown table of every variant, the chosen one marked."""
+    lines = ["| variant | accuracy | vs float32 | agreement | size (MB) | "
+             "batch-1 ms, 1 thread | batch-1 ms, 2 threads | within gate |",
+             "|---|---:|---:|---:|---:|---:|---:|:---:|"]
+    for v, r in summary["variants"].items():
+        name = f"**{v}** (chosen)" if v == summary["chosen"] else v
+        agreement = r["agreement_with_keras"]
+        lines.append(
+            f"| {name} | {100 * r['accuracy']:.2f}% | {r['accuracy_delta_points']:+.2f} | "
+            + (f"{100 * agreement:.2f}% | " if agreement is not None else "- | ")
+            + f"{r['size_bytes'] / 1e6:.2f} | {r['latency_ms_batch1_1_thread']:.3f} | "
+            f"{r['latency_ms_batch1_2_threads']:.3f} | "
+            f"{'yes' if r['within_gate'] else 'no'} |")
+    for v, why in summary.get("failed", {}).items():
+        lines.append(f"| {v} | failed: {why[:120]} | | | | | | |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict, path: str, title: str = "") -> str:
+    """Size vs batch-1 latency (1 thread), points labelled with accuracy."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.5, 5), dpi=120)
+    axes = figure.add_subplot()
+    for v, r in summary["variants"].items():
+        x, y = r["size_bytes"] / 1e6, r["latency_ms_batch1_1_thread"]
+        chosen = v == summary["chosen"]
+        axes.scatter([x], [y], s=90 if chosen else 45, marker="*" if chosen else "o",
+                     color="tab:red" if chosen else ("tab:blue" if r["within_gate"]
+                                                     else "tab:gray"), zorder=3)
+        axes.annotate(f"{v}\n{100 * r['accuracy']:.2f}%" + (" (chosen)" if chosen else ""),
+                      (x, y), textcoords="offset points", xytext=(7, 4), fontsize=8)
+    axes.set_xlabel("file size (MB)")
+    axes.set_ylabel("batch-1 latency, median (ms, 1 thread)")
+    axes.set_title(title or f"TFLite variants (gate: {summary['accuracy_gate_points']:g} "
+                   "accuracy points of float32)", fontsize=10)
+    axes.grid(True, alpha=0.3)
+    axes.margins(x=0.25, y=0.2)
+    axes.set_xlim(left=0)
+    axes.set_ylim(bottom=0)
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    figure.savefig(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(report_dir: str, summary: dict, title: str = "") -> dict[str, str]:
+    """Writes quantization.json, report.md and quantization.png; returns their paths."""
+    os.makedirs(report_dir, exist_ok=True)
+    paths = {"json": os.path.join(report_dir, REPORT_JSON),
+             "markdown": os.path.join(report_dir, REPORT_MD),
+             "png": os.path.join(report_dir, REPORT_PNG)}
+    _write_text(paths["json"], json.dumps(summary, indent=2) + "\n")
+    runs = {r["latency_runs"] for r in summary["variants"].values()}
+    recipe = summary.get("int8_recipe")
+    md = [f"# {title or 'Quantization report'}", "",
+          f"Evaluated with ai_edge_litert on the whole test split "
+          f"({_first(summary, 'examples')} examples); latency is the median of "
+          f"{', '.join(str(r) for r in sorted(runs, key=str))} batch-1 runs after warm-up.",
+          "", format_table(summary), "",
+          f"**Edge bundle variant: {summary['chosen']}.** {summary['reason']}.", "",
+          f"![size vs latency]({REPORT_PNG})", ""]
+    if recipe:
+        md += ["int8 / int16x8 recipe: " + ", ".join(f"{k}={v}" for k, v in recipe.items()),
+               ""]
+    _write_text(paths["markdown"], "\n".join(md))
+    plot(summary, paths["png"], title)
+    return paths
+
+
+def _first(summary: dict, key: str):
+    for r in summary["variants"].values():
+        return r.get(key)
+    return None
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
