@@ -111,21 +111,21 @@ class OpCheck:
 
 
 def read_saved_model(saved_model_dir: str):
+    pb = os.path.join(saved_model_dir, "saved_model.pb")
+    pbtxt = os.path.join(saved_model_dir, "saved_model.pbtxt")
+    if not os.path.isfile(pb) and not os.path.isfile(pbtxt):
+        raise NoSavedModel(f"no saved_model.pb or saved_model.pbtxt in {saved_model_dir!r} "
+                           "(pass a version directory such as .../text_classifier/1)")
     from google.protobuf import text_format
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved_model = saved_model_pb2.SavedModel()
-    pb = os.path.join(saved_model_dir, "saved_model.pb")
-    pbtxt = os.path.join(saved_model_dir, "saved_model.pbtxt")
     if os.path.isfile(pb):
         with open(pb, "rb") as f:
             saved_model.ParseFromString(f.read())
-    elif os.path.isfile(pbtxt):
+    else:
         with open(pbtxt, encoding="utf-8") as f:
             text_format.Parse(f.read(), saved_model)
-    else:
-        raise NoSavedModel(f"no saved_model.pb or saved_model.pbtxt in {saved_model_dir!r} "
-                           "(pass a version directory such as .../text_classifier/1)")
     return saved_model
 
 

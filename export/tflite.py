@@ -31,8 +31,12 @@ def write_tflite_source(model: keras.Model, directory: str) -> str:
     length = model.max_sequence_length
 
     def probabilities(token_ids):
-        logits = model({"token_ids": token_ids,
-                        "padding_mask": tf.not_equal(token_ids, PAD_ID)}, training=False)
+        # With PAD_ID 0 a cast is `!= PAD_ID` without int32 arithmetic in the
+        # graph, which TFLite's int16x8 calibrator cannot handle.
+        padding_mask = tf.cast(token_ids, tf.bool) if PAD_ID == 0 else \
+            tf.not_equal(token_ids, PAD_ID)
+        logits = model({"token_ids": token_ids, "padding_mask": padding_mask},
+                       training=False)
         return {OUTPUT_NAME: tf.nn.softmax(logits, axis=-1)}
 
     archive = keras.export.ExportArchive()
