@@ -79,7 +79,7 @@ def read_warmup_requests(path: str) -> list:
         log = prediction_log_pb2.PredictionLog()
         try:
             log.ParseFromString(record)
-        except Exception as err:  # protobuf raises DecodeError
+        except Exception as err:  # noqa: BLE001  protobuf's DecodeError
             raise ValueError(f"{path}: record {i} is not a PredictionLog: {err}") from None
         logs.append(log)
     return logs

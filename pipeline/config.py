@@ -22,6 +22,8 @@ STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu
 
 
 TFLITE_VARIANTS = ("float32", "float16", "dynamic_range", "int8", "int16x8")
+INT8_FLOAT_OPS = ("BATCH_MATMUL", "SELECT_V2", "SOFTMAX", "MEAN", "SQUARED_DIFFERENCE",
+                  "RSQRT", "ADD", "MUL")
 
 
 class ConfigError(ValueError):
@@ -168,9 +170,11 @@ class ExportConfig:
     # of the TFLite graph before calibration, so attention scores keep a usable
     # int8 scale (docs/QUANTIZATION.md); 0 = keep the model's value.
     int8_mask_fill_value: float = -20.0
-    # int8: TFLite ops kept in float (quantization debugger deny-list), e.g.
-    # [MEAN, SQUARED_DIFFERENCE, RSQRT] for LayerNorm.
-    int8_float_ops: list[str] = field(default_factory=list)
+    # int8: TFLite ops kept in float (the quantization debugger's deny-list).
+    # The default keeps attention scores/softmax, LayerNorm and element-wise
+    # ops in float: as accurate as full int8 and ~4x faster at batch 1 on CPU
+    # (docs/QUANTIZATION.md); [] = every op in int8.
+    int8_float_ops: list[str] = field(default_factory=lambda: list(INT8_FLOAT_OPS))
     # int8/int16x8: per-channel (true) or per-tensor (false) int8 weights.
     int8_per_channel: bool = True
     # int8: type of the probabilities output, "float32" or "int8" (the app
@@ -273,7 +277,7 @@ class ExperimentConfig:
 
     def save(self, path: str) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = path + ".tmp"
+        tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
             yaml.safe_dump(self.to_dict(), f, sort_keys=False)
         os.replace(tmp, path)

@@ -83,7 +83,7 @@ def plot_confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     fig.tight_layout()
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp.png"
+    tmp = f"{path}.{os.getpid()}.tmp.png"
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)
@@ -92,6 +92,6 @@ def plot_confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
 
 def write_json(path: str, data: dict) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w") as f:
+    with open(f"{path}.{os.getpid()}.tmp", "w") as f:
         json.dump(data, f, indent=2)
-    os.replace(path + ".tmp", path)
+    os.replace(f"{path}.{os.getpid()}.tmp", path)

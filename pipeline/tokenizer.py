@@ -55,13 +55,13 @@ def train_sentencepiece(texts, cfg: TokenizerConfig, out_dir: str, log=print) ->
         input_sentence_size=1_000_000, shuffle_input_sentence=True,
         max_sentence_length=1 << 16, num_threads=2, minloglevel=2,
     )
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
         f.write(model.getvalue())
     os.replace(tmp, path)
-    with open(settings_path + ".tmp", "w") as f:
+    with open(f"{settings_path}.{os.getpid()}.tmp", "w") as f:
         json.dump(settings, f)
-    os.replace(settings_path + ".tmp", settings_path)
+    os.replace(f"{settings_path}.{os.getpid()}.tmp", settings_path)
     log(f"[tokenizer] wrote {path} (vocabulary {vocabulary_size(path):,}, "
         f"{time.time() - start:.1f}s)")
     return path
@@ -81,9 +81,9 @@ def read_model(path: str) -> bytes:
 def write_labels(names, out_dir: str) -> str:
     path = os.path.join(out_dir, LABELS_FILE)
     os.makedirs(out_dir, exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+    with open(f"{path}.{os.getpid()}.tmp", "w", encoding="utf-8") as f:
         f.write("".join(f"{n}\n" for n in names))
-    os.replace(path + ".tmp", path)
+    os.replace(f"{path}.{os.getpid()}.tmp", path)
     return path
 
 

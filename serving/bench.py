@@ -132,6 +132,7 @@ def main(argv=None) -> int:
         try:
             server.start()
         except RuntimeError as err:
+            server.close()
             print(f"error: {err}", file=sys.stderr)
             return 1
         client = server.client(batch_size=max(args.batch_sizes), retries=0)
@@ -159,7 +160,7 @@ def main(argv=None) -> int:
     finally:
         client.close()
         if server is not None:
-            server.stop()
+            server.close()
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)

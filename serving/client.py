@@ -30,6 +30,7 @@ import dataclasses
 import json
 import random
 import sys
+import threading
 import time
 
 import requests
@@ -91,8 +92,6 @@ class ServingClient:
         self.signature, self.input_key = signature, input_key
         self.timeout, self.retries = timeout, retries
         self.backoff, self.max_backoff, self.batch_size = backoff, max_backoff, batch_size
-        import threading
-
         self._local = threading.local()
         self._channel = None
         self._lock = threading.Lock()
@@ -173,8 +172,10 @@ class ServingClient:
         with self._lock:
             if self._channel is None:
                 import grpc
-                from tensorflow_serving.apis import (model_service_pb2_grpc,
-                                                     prediction_service_pb2_grpc)
+                from tensorflow_serving.apis import (
+                    model_service_pb2_grpc,
+                    prediction_service_pb2_grpc,
+                )
 
                 self._channel = grpc.insecure_channel(
                     f"{self._http_host()}:{self.grpc_port}",

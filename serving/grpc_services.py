@@ -12,9 +12,13 @@ import time
 from concurrent import futures
 
 import grpc
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_management_pb2, model_service_pb2_grpc,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
+)
 
 from serving.servables import ServerCore, ServingError, invalid
 
@@ -37,7 +41,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         except ServingError as err:
             status = err.code.name
             context.abort(err.code, err.message)
-        except Exception as err:  # never a Python traceback to the client
+        except Exception as err:  # noqa: BLE001  never a traceback to the client
             status = "INTERNAL"
             context.abort(grpc.StatusCode.INTERNAL, f"internal error: {err}")
         finally:

@@ -111,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def model_configs(args):
-    from serving.config_protos import read_model_server_config
     from tensorflow_serving.config import model_server_config_pb2
+
+    from serving.config_protos import read_model_server_config
 
     if args.model_config_file:
         return list(read_model_server_config(args.model_config_file)
@@ -132,7 +133,10 @@ class LocalServer:
         self._config_mtime = None
 
     def start(self) -> None:
-        from serving.config_protos import read_batching_parameters, read_monitoring_config
+        from serving.config_protos import (
+            read_batching_parameters,
+            read_monitoring_config,
+        )
 
         args = self.args
         if not args.port and not args.rest_api_port:

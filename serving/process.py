@@ -5,7 +5,8 @@
         client = server.client()
         client.predict(["a tree"])
 
-The process is always stopped on exit: SIGTERM, then SIGKILL after a grace period.
+The process is always stopped on exit: SIGTERM, then SIGKILL after a grace period;
+close() (or leaving the `with` block) also removes its log file.
 """
 
 from __future__ import annotations
@@ -36,25 +37,26 @@ class LocalServerProcess:
         self.start_timeout = start_timeout
         self.rest_port, self.grpc_port = free_port(host), free_port(host)
         self.process = None
-        self._log = tempfile.NamedTemporaryFile("w+", prefix="local_server-",
-                                                suffix=".log", delete=False)
+        fd, self.log_path = tempfile.mkstemp(prefix="local_server-", suffix=".log")
+        os.close(fd)
 
     def client(self, **kwargs) -> ServingClient:
         kwargs.setdefault("model", self.model)
         return ServingClient(self.host, self.rest_port, self.grpc_port, **kwargs)
 
     def log_text(self) -> str:
-        with open(self._log.name, encoding="utf-8", errors="replace") as f:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
             return f.read()
 
-    def start(self) -> "LocalServerProcess":
+    def start(self) -> LocalServerProcess:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving.local_server", "--host", self.host,
-             "--port", str(self.grpc_port), "--rest_api_port", str(self.rest_port),
-             *self.flags], stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=root)
+        with open(self.log_path, "w", encoding="utf-8") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "serving.local_server", "--host", self.host,
+                 "--port", str(self.grpc_port), "--rest_api_port", str(self.rest_port),
+                 *self.flags], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
         deadline = time.monotonic() + self.start_timeout
         client = self.client(retries=0, timeout=2.0)
         while time.monotonic() < deadline:
@@ -87,13 +89,21 @@ class LocalServerProcess:
                 self.process.wait(10)
         return self.process.returncode
 
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
+    def close(self) -> None:
+        """Stops the server and removes its log file."""
         self.stop()
         try:
-            os.unlink(self._log.name)
+            os.unlink(self.log_path)
         except OSError:
             pass
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc):
+        self.close()
         return False

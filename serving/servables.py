@@ -230,7 +230,7 @@ class ModelManager:
             servable = Servable(self.name, version, path,
                                 self.server.options.saved_model_tags)
             warmed = self.server.warm_up(servable)
-        except Exception as err:  # a broken version must not stop the server
+        except Exception as err:  # noqa: BLE001  a broken version must not stop the server
             message = _short(str(err))
             self.states[version] = VersionState("END", "UNKNOWN", message, failures + 1)
             log(f"[serving] failed to load {self.name} version {version} from {path}: "
@@ -361,7 +361,7 @@ class ServerCore:
             while not self._stop.wait(poll_seconds):
                 try:
                     self.poll_once()
-                except Exception as err:  # keep polling whatever one poll does
+                except Exception as err:  # noqa: BLE001  keep polling whatever happens
                     self.log(f"[serving] poll failed: {err}")
 
         self._poller = threading.Thread(target=loop, name="version-poller", daemon=True)
@@ -416,7 +416,7 @@ class ServerCore:
                               f"{dtype_name(proto.dtype)} is provided")
             try:
                 inputs[key] = tf.make_ndarray(proto)
-            except Exception as err:  # malformed TensorProto content
+            except Exception as err:  # noqa: BLE001  malformed TensorProto content
                 raise invalid(f"input '{key}' is not a valid TensorProto: "
                               f"{_short(str(err))}") from None
         name, outputs = servable.predict(name, inputs, self.options.limits,
@@ -454,7 +454,7 @@ class ServerCore:
                 raise ValueError(f"{path}: record {i} is a {log.WhichOneof('log_type')}; "
                                  "only predict_log is supported")
             request = log.predict_log.request
-            name, signature = servable.signature(request.model_spec.signature_name)
+            name, _ = servable.signature(request.model_spec.signature_name)
             inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
             for _ in range(max(self.options.num_request_iterations_for_warmup, 1)):
                 servable.predict(name, inputs, self.options.limits, request.output_filter)

@@ -136,3 +136,60 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_repeats_no_step(tmp_path
                      relaunch.stdout, re.M)
     first = re.search(r"^\[w0\] \[train\] step (\d+)/", relaunch.stdout, re.M)
     assert int(first.group(1)) == step + 1
+
+
+def _ip(*args):
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+
+
+def test_two_workers_in_two_network_namespaces(tmp_path, tfds_dir):
+    """Each worker on its own test host: a network namespace joined by a veth pair."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces (ip netns add)")
+    if subprocess.run(["which", "ip"], capture_output=True).returncode != 0:
+        pytest.skip("the 'ip' command (Debian iproute2) is not installed")
+    tag = str(os.getpid() % 10000)
+    spaces, links = [f"ptw{tag}a", f"ptw{tag}b"], [f"ptv{tag}a", f"ptv{tag}b"]
+    addresses = ["10.231.7.1", "10.231.7.2"]
+    try:
+        for ns in spaces:
+            made = _ip("netns", "add", ns)
+            if made.returncode:
+                pytest.skip(f"cannot create a network namespace here: {made.stderr.strip()}")
+        assert _ip("link", "add", links[0], "type", "veth", "peer", "name", links[1]).returncode == 0
+        for ns, link, address in zip(spaces, links, addresses):
+            assert _ip("link", "set", link, "netns", ns).returncode == 0
+            for args in (("addr", "add", f"{address}/24", "dev", link),
+                         ("link", "set", link, "up"), ("link", "set", "lo", "up")):
+                assert _ip("netns", "exec", ns, "ip", *args).returncode == 0
+        # Prepare data and tokenizer once, like the launcher does.
+        base = overrides(tmp_path, tfds_dir, "train.max_steps=12",
+                         "runtime.strategy=multi_worker_mirrored")
+        prepared = subprocess.run([sys.executable, "-m", "pipeline", "prepare", DEBUG_CONFIG,
+                                   *overrides(tmp_path, tfds_dir)], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=300)
+        assert prepared.returncode == 0, prepared.stderr[-2000:]
+        from pipeline.distribute import tf_config_for
+
+        cluster = [f"{a}:23456" for a in addresses]
+        workers = [subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "pipeline", "train",
+             DEBUG_CONFIG, *base],
+            cwd=ROOT, env=dict(os.environ, TF_CONFIG=tf_config_for(cluster, i)),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i, ns in enumerate(spaces)]
+        outputs = []
+        for w in workers:
+            try:
+                outputs.append(w.communicate(timeout=300)[0])
+            except subprocess.TimeoutExpired:
+                for other in workers:
+                    other.kill()
+                raise
+        assert [w.returncode for w in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+        digests = [re.search(r"final weights digest (\w+)", o).group(1) for o in outputs]
+        assert digests[0] == digests[1]
+        assert "2 replica(s) on 2 workers, this is worker 1" in outputs[1]
+    finally:
+        for ns in spaces:
+            _ip("netns", "del", ns)

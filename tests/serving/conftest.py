@@ -69,11 +69,11 @@ def local_server(served_config, model_name):
          "--batching_parameters_file", os.path.join(SERVING_DIR, "batching_parameters.txt"),
          "--max_request_bytes", "1000000", "--max_batch_size", "1000"],
         model=model_name, start_timeout=300)
-    server.start()
     try:
+        server.start()
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,12 @@ import os
 import pytest
 from google.protobuf import text_format
 
-from serving.config_protos import (ConfigFileError, read_batching_parameters,
-                                   read_model_server_config, read_monitoring_config)
+from serving.config_protos import (
+    ConfigFileError,
+    read_batching_parameters,
+    read_model_server_config,
+    read_monitoring_config,
+)
 from tests.conftest import ROOT
 
 SERVING = os.path.join(ROOT, "serving")

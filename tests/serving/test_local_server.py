@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import requests
 
-from serving.client import ServingClient, ServingError
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow  # starts a server process (TensorFlow import + load)
@@ -173,10 +172,10 @@ def test_container_healthcheck_script_against_the_server(local_server):
     script = os.path.join(ROOT, "serving", "healthcheck.sh")
     env = dict(os.environ, HEALTHCHECK_PORT=str(local_server.rest_port),
                HEALTHCHECK_MODEL=local_server.model)
-    assert subprocess.run([script], env=env, timeout=30).returncode == 0
+    assert subprocess.run([script], env=env, timeout=30, check=False).returncode == 0
     env["HEALTHCHECK_MODEL"] = "nope"
-    assert subprocess.run([script], env=env, timeout=30,
-                          capture_output=True).returncode == 1
+    assert subprocess.run([script], env=env, timeout=30, capture_output=True,
+                          check=False).returncode == 1
 
 
 def test_client_cli_prints_labels(local_server, reference):
@@ -184,13 +183,13 @@ def test_client_cli_prints_labels(local_server, reference):
         [sys.executable, "-m", "serving.client", "--rest_port", str(local_server.rest_port),
          "--grpc_port", str(local_server.grpc_port), "--model", local_server.model,
          "--format", "inputs", *reference["texts"][:3]],
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
+        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
     assert out.returncode == 0, out.stderr
     assert [line.split()[0] for line in out.stdout.splitlines()] == reference["labels"][:3]
     bad = subprocess.run(
         [sys.executable, "-m", "serving.client", "--rest_port", str(local_server.rest_port),
          "--model", "nope", "--retries", "0", "a tree"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
+        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
     assert bad.returncode == 1 and "404" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -198,11 +197,11 @@ def test_server_rejects_bad_flags_with_a_message(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "serving.local_server", "--model_base_path",
          str(tmp_path / "missing"), "--rest_api_port", "0", "--port", "0"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
+        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
     assert out.returncode == 2 and "nothing to serve" in out.stderr
     out = subprocess.run(
         [sys.executable, "-m", "serving.local_server", "--model_base_path",
          str(tmp_path / "missing"), "--port", "0", "--rest_api_port", "1"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
+        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
     assert out.returncode == 2 and "does not exist" in out.stderr
     assert "Traceback" not in out.stderr
