@@ -118,22 +118,33 @@ def plot(summary: dict, path: str, title: str = "") -> str:
 
     figure = Figure(figsize=(7.5, 5), dpi=120)
     axes = figure.add_subplot()
+    points = {v: (r["size_bytes"] / 1e6, r["latency_ms_batch1_1_thread"])
+              for v, r in summary["variants"].items()}
+    span = max(max(x for x, _ in points.values()), 1e-9)
+
+    def below(v):
+        """Label below the point when a close neighbour in size sits higher."""
+        x, y = points[v]
+        return any(abs(ox - x) < 0.08 * span and oy > y
+                   for o, (ox, oy) in points.items() if o != v)
+
     for v, r in summary["variants"].items():
-        x, y = r["size_bytes"] / 1e6, r["latency_ms_batch1_1_thread"]
+        x, y = points[v]
         chosen = v == summary["chosen"]
         axes.scatter([x], [y], s=90 if chosen else 45, marker="*" if chosen else "o",
                      color="tab:red" if chosen else ("tab:blue" if r["within_gate"]
                                                      else "tab:gray"), zorder=3)
         axes.annotate(f"{v}\n{100 * r['accuracy']:.2f}%" + (" (chosen)" if chosen else ""),
-                      (x, y), textcoords="offset points", xytext=(7, 4), fontsize=8)
+                      (x, y), textcoords="offset points", fontsize=8,
+                      xytext=(7, -24) if below(v) else (7, 5))
     axes.set_xlabel("file size (MB)")
-    axes.set_ylabel("batch-1 latency, median (ms, 1 thread)")
+    axes.set_ylabel("batch-1 latency, median (ms, 1 thread, log scale)")
+    axes.set_yscale("log")
     axes.set_title(title or f"TFLite variants (gate: {summary['accuracy_gate_points']:g} "
                    "accuracy points of float32)", fontsize=10)
     axes.grid(True, alpha=0.3)
     axes.margins(x=0.25, y=0.2)
     axes.set_xlim(left=0)
-    axes.set_ylim(bottom=0)
     figure.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}.png"

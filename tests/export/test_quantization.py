@@ -23,7 +23,8 @@ APP = os.path.join(ROOT, "edge", "app.py")
 
 
 def result(accuracy, size_mb, ms1, ms2=None):
-    return {"accuracy": accuracy, "agreement_with_keras": accuracy, "size_bytes": int(size_mb * 1e6),
+    return {"accuracy": accuracy, "agreement_with_keras": accuracy,
+            "size_bytes": int(size_mb * 1e6),
             "examples": 1000, "path": "x.tflite",
             "latency_batch1": {"threads_1": {"median_ms": ms1, "runs": 100},
                                "threads_2": {"median_ms": ms2 or ms1, "runs": 100}}}
