@@ -27,6 +27,7 @@ from pipeline import summaries
 from pipeline.config import ExperimentConfig, TrainConfig
 from pipeline.distribute import get_strategy, worker_info
 from pipeline.input import make_eval_dataset, make_train_dataset
+from pipeline.progress import format_duration
 from pipeline.sources import TextSplits
 from pipeline.tokenizer import InGraphTokenizer, read_model, vocabulary_size
 
@@ -41,15 +42,6 @@ class TrainResult:
     best_validation_accuracy: float
     resumed_from_step: int
     history: list[dict]          # one row per validation: step, epoch, metrics
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(max(seconds, 0)))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 def build_model(cfg: ExperimentConfig, vocab_size: int, num_classes: int) -> keras.Model:
