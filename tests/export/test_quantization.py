@@ -86,7 +86,9 @@ def test_config_defaults_list_every_variant_and_auto():
     assert ExportConfig().tflite_variants == list(VARIANTS)
     assert ExportConfig().edge_variant == "auto" and ExportConfig().accuracy_gate_points == 0.5
     cfg = load_config(os.path.join(ROOT, "configs", "text_classification.yaml"))
-    assert cfg.export.tflite_variants == list(VARIANTS) and cfg.export.edge_variant == "auto"
+    # The default experiment leaves the slow, never-chosen int16x8 out (docs/QUANTIZATION.md).
+    assert cfg.export.tflite_variants == [v for v in VARIANTS if v != "int16x8"]
+    assert cfg.export.edge_variant == "auto"
 
 
 @pytest.mark.parametrize("override, key", [
