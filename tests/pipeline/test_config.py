@@ -56,7 +56,7 @@ def test_cross_field_rules_name_both_keys():
     with pytest.raises(ConfigError, match=r"model\.hidden_dim.*model\.num_heads"):
         load_config(None, ["model.hidden_dim=130", "model.num_heads=4"])
     with pytest.raises(ConfigError, match=r"export\.edge_variant"):
-        load_config(None, ["export.tflite_variants=float32"])
+        load_config(None, ["export.tflite_variants=float32", "export.edge_variant=int8"])
     with pytest.raises(ConfigError, match=r"data\.train_path"):
         load_config(None, ["data.source=csv"])
 
