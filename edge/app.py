@@ -231,6 +231,16 @@ def format_stats(stats: dict[str, float]) -> str:
 # --------------------------------------------------------------------------- bundle
 
 
+def _signature_key(details: dict, name: str, kind: str) -> str:
+    """The manifest's tensor name, or the signature's only tensor of that kind."""
+    if name in details:
+        return name
+    if len(details) == 1:
+        return next(iter(details))
+    raise BundleError(f"model.tflite: signature {SIGNATURE_KEY!r} has {kind} {sorted(details)}, "
+                      f"none named {name!r} as the manifest says")
+
+
 class Bundle:
     """A verified edge bundle with a loaded interpreter and tokenizer."""
 
@@ -261,20 +271,8 @@ class Bundle:
             runner = interp.get_signature_runner(SIGNATURE_KEY)
             inputs = runner.get_input_details()
             outputs = runner.get_output_details()
-            if m.input_name in inputs:
-                self._input_key = m.input_name
-            elif len(inputs) == 1:
-                self._input_key = next(iter(inputs))
-            else:
-                raise BundleError(f"model.tflite: signature {SIGNATURE_KEY!r} has inputs {sorted(inputs)}, "
-                                  f"none named {m.input_name!r} as the manifest says")
-            if m.output_name in outputs:
-                self._output_key = m.output_name
-            elif len(outputs) == 1:
-                self._output_key = next(iter(outputs))
-            else:
-                raise BundleError(f"model.tflite: signature {SIGNATURE_KEY!r} has outputs {sorted(outputs)}, "
-                                  f"none named {m.output_name!r} as the manifest says")
+            self._input_key = _signature_key(inputs, m.input_name, "inputs")
+            self._output_key = _signature_key(outputs, m.output_name, "outputs")
             in_detail, out_detail = inputs[self._input_key], outputs[self._output_key]
             self._runner = runner
         else:

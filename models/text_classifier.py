@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from models.layers._utils import check_dropout, check_positive_ints
 from models.layers.token_and_position_embedding import TokenAndPositionEmbedding
 from models.layers.transformer_encoder import TransformerEncoder
 
@@ -96,28 +97,18 @@ class TextClassifier(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        for arg, value in (
-            ("vocabulary_size", vocabulary_size),
-            ("num_classes", num_classes),
-            ("hidden_dim", hidden_dim),
-            ("intermediate_dim", intermediate_dim),
-            ("num_heads", num_heads),
-            ("num_layers", num_layers),
-            ("max_sequence_length", max_sequence_length),
-        ):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(
-                    f"`{arg}` must be a positive integer. Received: {arg}={value}"
-                )
+        check_positive_ints(
+            vocabulary_size=vocabulary_size, num_classes=num_classes,
+            hidden_dim=hidden_dim, intermediate_dim=intermediate_dim,
+            num_heads=num_heads, num_layers=num_layers,
+            max_sequence_length=max_sequence_length,
+        )
         if hidden_dim % num_heads != 0:
             raise ValueError(
                 "`hidden_dim` must be divisible by `num_heads`. "
                 f"Received: hidden_dim={hidden_dim}, num_heads={num_heads}"
             )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(
-                f"`dropout` must be in [0, 1). Received: dropout={dropout}"
-            )
+        check_dropout(dropout)
         if pooling not in _POOLING_MODES:
             raise ValueError(
                 f"`pooling` must be one of {_POOLING_MODES}. "

@@ -18,3 +18,18 @@ def clone_initializer(initializer):
     if not isinstance(initializer, keras.initializers.Initializer):
         return initializer
     return initializer.__class__.from_config(initializer.get_config())
+
+
+def check_positive_ints(**values):
+    """Raises a ValueError naming the first argument that is not an int > 0."""
+    for arg, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(
+                f"`{arg}` must be a positive integer. Received: {arg}={value}"
+            )
+
+
+def check_dropout(dropout):
+    """Raises a ValueError unless 0 <= dropout < 1."""
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")

@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from models.layers._utils import clone_initializer
+from models.layers._utils import check_dropout, check_positive_ints, clone_initializer
 
 # Added to the scores of masked positions. Finite on purpose: a row in which
 # every key is masked (e.g. an all-padding text) then gets a uniform softmax
@@ -86,24 +86,10 @@ class MultiHeadAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(num_heads, int) or num_heads <= 0:
-            raise ValueError(
-                "`num_heads` must be a positive integer. "
-                f"Received: num_heads={num_heads}"
-            )
-        if not isinstance(key_dim, int) or key_dim <= 0:
-            raise ValueError(
-                f"`key_dim` must be a positive integer. Received: key_dim={key_dim}"
-            )
-        if value_dim is not None and (not isinstance(value_dim, int) or value_dim <= 0):
-            raise ValueError(
-                "`value_dim` must be a positive integer or None. "
-                f"Received: value_dim={value_dim}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(
-                f"`dropout` must be in [0, 1). Received: dropout={dropout}"
-            )
+        check_positive_ints(num_heads=num_heads, key_dim=key_dim)
+        if value_dim is not None:
+            check_positive_ints(value_dim=value_dim)
+        check_dropout(dropout)
         self.num_heads = num_heads
         self.key_dim = key_dim
         self.value_dim = value_dim

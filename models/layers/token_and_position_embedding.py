@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from models.layers._utils import clone_initializer
+from models.layers._utils import check_positive_ints, clone_initializer
 from models.layers.sine_position_encoding import SinePositionEncoding
 
 
@@ -61,15 +61,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        for arg, value in (
-            ("vocabulary_size", vocabulary_size),
-            ("hidden_dim", hidden_dim),
-            ("max_sequence_length", max_sequence_length),
-        ):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(
-                    f"`{arg}` must be a positive integer. Received: {arg}={value}"
-                )
+        check_positive_ints(vocabulary_size=vocabulary_size, hidden_dim=hidden_dim,
+                            max_sequence_length=max_sequence_length)
         self.vocabulary_size = vocabulary_size
         self.hidden_dim = hidden_dim
         self.max_sequence_length = max_sequence_length

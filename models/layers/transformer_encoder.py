@@ -2,7 +2,7 @@
 
 import keras
 
-from models.layers._utils import clone_initializer
+from models.layers._utils import check_dropout, check_positive_ints, clone_initializer
 from models.layers.masking import merge_padding_and_attention_mask
 from models.layers.multi_head_attention import MultiHeadAttention
 
@@ -74,18 +74,8 @@ class TransformerEncoder(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        for arg, value in (
-            ("intermediate_dim", intermediate_dim),
-            ("num_heads", num_heads),
-        ):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(
-                    f"`{arg}` must be a positive integer. Received: {arg}={value}"
-                )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(
-                f"`dropout` must be in [0, 1). Received: dropout={dropout}"
-            )
+        check_positive_ints(intermediate_dim=intermediate_dim, num_heads=num_heads)
+        check_dropout(dropout)
         self.intermediate_dim = intermediate_dim
         self.num_heads = num_heads
         self.dropout = dropout

@@ -99,7 +99,6 @@ def test_kill_9_of_a_worker_ends_the_job_and_a_relaunch_finishes(tmp_path, tfds_
     assert process.returncode != 0 and codes and int(codes.group(1)) != 0, text[-2000:]
     # Worker 0 noticed the dead peer by itself (collective timeout or watchdog).
     assert "killing the remaining workers" not in text, text[-2000:]
-    exit_seconds = float(re.search(r"exit codes .* after (\d+)s", text).group(1))
     assert time.time() - killed_at < 60 + 5
     relaunch = launch(tmp_path, tfds_dir, *extra, timeout=600)
     assert relaunch.returncode == 0, relaunch.stdout[-3000:]
@@ -107,7 +106,6 @@ def test_kill_9_of_a_worker_ends_the_job_and_a_relaunch_finishes(tmp_path, tfds_
                         re.M)
     assert resumed and int(resumed.group(1)) >= 40, relaunch.stdout[-3000:]
     assert re.search(r"^\[w0\] \[train\] finished at step 400;", relaunch.stdout, re.M)
-    assert exit_seconds > 0
 
 
 def test_sigterm_saves_a_checkpoint_and_the_resumed_run_repeats_no_step(tmp_path, tfds_dir):
