@@ -6,6 +6,7 @@ loads without `custom_objects`.
 """
 
 from models import layers
+from models.masked_lm import MaskedLanguageModel
 from models.text_classifier import TextClassifier
 
-__all__ = ["TextClassifier", "layers"]
+__all__ = ["MaskedLanguageModel", "TextClassifier", "layers"]

@@ -188,16 +188,8 @@ class TextClassifier(keras.Model):
                 "`inputs` must be a dict with keys 'token_ids' and "
                 f"'padding_mask'. Received: inputs={inputs}"
             )
-        token_ids = inputs["token_ids"]  # (batch, seq)
         padding_mask = ops.cast(inputs["padding_mask"], "bool")  # (batch, seq)
-
-        x = self.embedding(token_ids)  # (batch, seq, hidden_dim)
-        x = self.embeddings_dropout(x, training=training)
-        for layer in self.encoder_layers:
-            x = layer(x, padding_mask=padding_mask, training=training)
-        if self.final_layer_norm is not None:
-            x = self.final_layer_norm(x)
-
+        x = self.encode(inputs, training=training)  # (batch, seq, hidden_dim)
         x = ops.cast(x, "float32")
         if self.pooling == "mean":
             mask = ops.cast(ops.expand_dims(padding_mask, -1), "float32")
@@ -209,6 +201,29 @@ class TextClassifier(keras.Model):
         pooled = self.output_dropout(pooled, training=training)
         logits = self.classifier_head(pooled)  # (batch, num_classes)
         return ops.cast(logits, "float32")
+
+    def encode(self, inputs, training=None):
+        """The encoder alone: the sequence output before pooling.
+
+        Shared with pre-training (`models.MaskedLanguageModel`), so that the
+        encoder weights a masked-LM learns are the ones the classifier uses.
+
+        Args:
+            inputs: a dict with `"token_ids"` and `"padding_mask"`, as `call`.
+            training: bool, whether dropout is active.
+
+        Returns:
+            A tensor of shape `(batch, seq, hidden_dim)` in the compute dtype.
+        """
+        token_ids = inputs["token_ids"]  # (batch, seq)
+        padding_mask = ops.cast(inputs["padding_mask"], "bool")  # (batch, seq)
+        x = self.embedding(token_ids)  # (batch, seq, hidden_dim)
+        x = self.embeddings_dropout(x, training=training)
+        for layer in self.encoder_layers:
+            x = layer(x, padding_mask=padding_mask, training=training)
+        if self.final_layer_norm is not None:
+            x = self.final_layer_norm(x)
+        return x
 
     def compute_output_shape(self, input_shape):
         if isinstance(input_shape, dict):

@@ -39,8 +39,9 @@ def _resolve(args):
     return load_config(args.config, args.set or [])
 
 
-def prepare(cfg):
-    """Data (with its card) and the tokenizer; returns (splits, tokenizer path)."""
+def prepare(cfg, strategy=None):
+    """Data (with its card), pre-training when enabled (cached), and the
+    tokenizer; returns (splits, tokenizer path)."""
     from pipeline.evaluate import write_json
     from pipeline.sources import format_data_card, load_splits
     from pipeline.tokenizer import train_sentencepiece, write_labels
@@ -51,8 +52,26 @@ def prepare(cfg):
     log(format_data_card(card))
     write_json(os.path.join(cfg.run_dir, "data_card.json"), card)
     tokenizer_dir = os.path.join(cfg.run_dir, "tokenizer")
-    tokenizer_path = train_sentencepiece(splits.texts["train"], cfg.tokenizer,
-                                         tokenizer_dir, log=log)
+    if cfg.pretrain.enabled:
+        from pipeline.pretrain import pretrain
+
+        cfg.model.init_checkpoint = pretrain(cfg, splits, log=log, strategy=strategy)
+        cfg.save(os.path.join(cfg.run_dir, "config.yaml"))
+    if cfg.model.init_checkpoint:
+        # The pre-trained encoder's tokenizer: its ids are what it learned.
+        import shutil
+
+        from pipeline.pretrain import tokenizer_of
+        from pipeline.tokenizer import MODEL_FILE
+
+        os.makedirs(tokenizer_dir, exist_ok=True)
+        tokenizer_path = os.path.join(tokenizer_dir, MODEL_FILE)
+        shutil.copyfile(tokenizer_of(cfg.model.init_checkpoint), tokenizer_path + ".tmp")
+        os.replace(tokenizer_path + ".tmp", tokenizer_path)
+        log(f"[tokenizer] using the pre-trained encoder's {tokenizer_of(cfg.model.init_checkpoint)}")
+    else:
+        tokenizer_path = train_sentencepiece(splits.texts["train"], cfg.tokenizer,
+                                             tokenizer_dir, log=log)
     write_labels(splits.label_names, tokenizer_dir)
     return splits, tokenizer_path
 
@@ -187,7 +206,7 @@ def run(cfg, do_export=True, strategy=None):
 
     start = time.time()
     log(f"== {cfg.name}: writing to {cfg.run_dir}/")
-    splits, tokenizer_path = prepare(cfg)
+    splits, tokenizer_path = prepare(cfg, strategy)
     result = train(cfg, splits, tokenizer_path, log=log, strategy=strategy)
     if strategy is not None and not _is_chief(strategy):
         log("[worker] training done; the chief (worker 0) evaluates and exports")
@@ -209,6 +228,11 @@ def run(cfg, do_export=True, strategy=None):
             "parameters": int(result.model.count_params()),
         },
     }
+    if cfg.model.init_checkpoint:
+        metrics["pretraining"] = pretraining_summary(cfg)
+    comparison = compare_with_from_scratch(cfg, metrics)
+    if comparison:
+        metrics["comparison"] = comparison
     if do_export:
         exported = export_all(cfg, splits, tokenizer_path, result.model, probabilities)
         metrics["tflite"] = exported["tflite"]
@@ -218,6 +242,44 @@ def run(cfg, do_export=True, strategy=None):
     write_training_curves(cfg, result.history)
     print_summary(cfg, metrics, time.time() - start)
     return metrics
+
+
+def pretraining_summary(cfg) -> dict:
+    from pipeline.pretrain import summary_of
+
+    summary = summary_of(cfg.model.init_checkpoint) or {}
+    return {"init_checkpoint": cfg.model.init_checkpoint,
+            **{k: summary[k] for k in ("steps", "seconds", "loss", "masked_accuracy",
+                                       "corpus") if k in summary}}
+
+
+def compare_with_from_scratch(cfg, metrics) -> dict | None:
+    """Test accuracy and macro-F1 of the from-scratch run (pretrain.
+    from_scratch_experiment), this run and the baseline, when they share the
+    test split and text."""
+    import json
+
+    name = cfg.pretrain.from_scratch_experiment
+    if not name:
+        return None
+    path = os.path.join(cfg.runtime.artifacts_root, name, "metrics.json")
+    rows = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            other = json.load(f)
+        if other.get("text") == metrics["text"] and \
+                other["test"]["examples"] == metrics["test"]["examples"]:
+            rows["from_scratch"] = {k: other["test"][k] for k in ("accuracy", "macro_f1")}
+            rows["from_scratch"]["experiment"] = name
+        else:
+            log(f"[compare] {path} is not on the same test split and text; not compared")
+    else:
+        log(f"[compare] no {path}: run 'python -m pipeline run "
+            f"configs/{name}.yaml' to put the from-scratch model in the comparison")
+    key = "pretrained_finetuned" if cfg.model.init_checkpoint else "this_run"
+    rows[key] = {k: metrics["test"][k] for k in ("accuracy", "macro_f1")}
+    rows["baseline"] = {k: metrics["baseline"][k] for k in ("accuracy", "macro_f1")}
+    return rows
 
 
 def _is_chief(strategy) -> bool:
@@ -402,7 +464,7 @@ def main(argv=None) -> int:
             from pipeline.train import train
 
             strategy = _strategy_first(cfg)
-            splits, tokenizer_path = prepare(cfg)
+            splits, tokenizer_path = prepare(cfg, strategy)
             result = train(cfg, splits, tokenizer_path, log=log, strategy=strategy)
             if _is_chief(strategy):
                 write_training_curves(cfg, result.history)

@@ -86,6 +86,11 @@ class ModelConfig:
     norm_first: bool = True
     # Sequence pooling for classification: "mean" or "first".
     pooling: str = "mean"
+    # Encoder weights to start from: an encoder checkpoint written by
+    # pre-training (<dir>/encoder/encoder-N, or its directory); "" = random.
+    # Pre-training (pretrain.enabled) sets it. Its tokenizer
+    # (<dir>/tokenizer/spm.model) replaces the task's own.
+    init_checkpoint: str = ""
 
 
 @dataclass
@@ -116,6 +121,45 @@ class TrainConfig:
     # Stop after this many steps in total (0 = epochs * steps per epoch).
     max_steps: int = 0
     seed: int = 42
+    # Fine-tuning: learning rate of the encoder (embedding and blocks) relative
+    # to train.learning_rate; the head always gets the full rate.
+    encoder_learning_rate_multiplier: float = 1.0
+    # Fine-tuning: layer-wise learning-rate decay; block i of n gets
+    # multiplier * layer_decay**(n - i), the embedding layer_decay**(n + 1).
+    layer_decay: float = 1.0
+
+
+@dataclass
+class PretrainConfig:
+    # BERT-style masked-language-model pre-training of the encoder before the
+    # task (pipeline/pretrain.py). The result is cached under
+    # <artifacts_root>/pretrained/<fingerprint>/ and reused when present.
+    enabled: bool = False
+    # Unlabeled text: "wordnet" (every gloss and usage example of data.noun,
+    # data.verb, data.adj and data.adv from wordnet-base, minus the noun synsets
+    # of pretrain.exclude_splits) and/or paths of .txt (a text per line),
+    # .csv or .jsonl files (column data.text_column).
+    corpora: list[str] = field(default_factory=lambda: ["wordnet"])
+    # Directory holding WordNet's data.* files.
+    wordnet_dir: str = "/usr/share/wordnet"
+    # Noun synsets of these splits of the task never enter pre-training.
+    exclude_splits: list[str] = field(default_factory=lambda: ["validation", "test"])
+    steps: int = 10000
+    global_batch_size: int = 128
+    learning_rate: float = 1e-3
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.01
+    # Fraction of tokens selected for prediction; of those 80% become [MASK],
+    # 10% a random token, 10% stay (keras_hub.layers.MaskedLMMaskGenerator).
+    mask_rate: float = 0.15
+    # Most predictions per sequence (selected positions beyond it are dropped).
+    max_predictions: int = 12
+    checkpoint_every_steps: int = 1000
+    log_every_steps: int = 100
+    seed: int = 7
+    # Experiment (under the same artifacts root) whose metrics.json is the
+    # from-scratch model shown next to this one in metrics.json; "" = none.
+    from_scratch_experiment: str = ""
 
 
 @dataclass
@@ -192,6 +236,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     @property
     def run_dir(self) -> str:
@@ -200,8 +245,9 @@ class ExperimentConfig:
     def validate(self) -> "ExperimentConfig":
         """Checks cross-field rules; raises ConfigError naming the keys."""
         m, t, r, d, e = self.model, self.train, self.runtime, self.data, self.export
-        _check(bool(self.name) and "/" not in self.name,
-               "name", self.name, "a non-empty name without '/'")
+        _check(bool(self.name) and self.name.isprintable() and "/" not in self.name
+               and self.name not in (".", ".."), "name", self.name,
+               "a non-empty printable name without '/', not '.' or '..'")
         _check(m.hidden_dim % m.num_heads == 0, "model.hidden_dim",
                m.hidden_dim, f"divisible by model.num_heads={m.num_heads}")
         for key in ("hidden_dim", "intermediate_dim", "num_heads", "num_layers",
@@ -270,6 +316,37 @@ class ExperimentConfig:
                    "export.int8_float_ops", op,
                    "TFLite op names in upper case, e.g. MEAN, RSQRT, SOFTMAX")
         _check(e.version >= 0, "export.version", e.version, ">= 0")
+        _check(t.encoder_learning_rate_multiplier >= 0,
+               "train.encoder_learning_rate_multiplier",
+               t.encoder_learning_rate_multiplier, ">= 0")
+        _check(0 < t.layer_decay <= 1, "train.layer_decay", t.layer_decay, "in (0, 1]")
+        p = self.pretrain
+        if p.enabled:
+            _check(bool(p.corpora), "pretrain.corpora", p.corpora,
+                   "'wordnet' and/or text/CSV/JSONL file paths")
+            for split in p.exclude_splits:
+                _check(split in ("train", "validation", "test"), "pretrain.exclude_splits",
+                       split, "each one of 'train', 'validation', 'test'")
+            _check("test" in p.exclude_splits, "pretrain.exclude_splits",
+                   p.exclude_splits, "a list that holds 'test' (no test text in "
+                   "pre-training)")
+            _check(d.source == "wordnet_topics" or "wordnet" not in p.corpora,
+                   "pretrain.corpora", p.corpora,
+                   "no 'wordnet' unless data.source is 'wordnet_topics' (the split "
+                   "exclusion needs the task's synset split)")
+            _check(p.steps > 0, "pretrain.steps", p.steps, "> 0")
+            _check(p.global_batch_size > 0, "pretrain.global_batch_size",
+                   p.global_batch_size, "> 0")
+            _check(p.learning_rate > 0, "pretrain.learning_rate", p.learning_rate, "> 0")
+            _check(0.0 <= p.warmup_fraction < 1.0, "pretrain.warmup_fraction",
+                   p.warmup_fraction, "in [0, 1)")
+            _check(0.0 < p.mask_rate < 1.0, "pretrain.mask_rate", p.mask_rate, "in (0, 1)")
+            _check(p.max_predictions > 0, "pretrain.max_predictions",
+                   p.max_predictions, "> 0")
+            _check(p.checkpoint_every_steps > 0, "pretrain.checkpoint_every_steps",
+                   p.checkpoint_every_steps, "> 0")
+            _check(p.log_every_steps > 0, "pretrain.log_every_steps",
+                   p.log_every_steps, "> 0")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -285,7 +362,13 @@ class ExperimentConfig:
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"config key '{key}' = {value!r}: expected {expected}")
+        raise ConfigError(f"config key '{key}' = {_shown(value)}: expected {expected}")
+
+
+def _shown(value: Any, limit: int = 200) -> str:
+    """repr of a value for an error message, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def _type_name(tp: Any) -> str:
@@ -302,7 +385,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, list):
             raise ConfigError(
                 f"config key '{key}': expected a list of {_type_name(item_tp)}, "
-                f"got {type(value).__name__} {value!r}")
+                f"got {type(value).__name__} {_shown(value)}")
         return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):
@@ -315,12 +398,14 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return float(value)
     elif tp is str:
         if isinstance(value, str):
+            if "\x00" in value:
+                raise ConfigError(f"config key '{key}': contains a NUL character")
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
     raise ConfigError(
         f"config key '{key}': expected {_type_name(tp)}, "
-        f"got {type(value).__name__} {value!r}")
+        f"got {type(value).__name__} {_shown(value)}")
 
 
 def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
@@ -336,7 +421,7 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
             raise ConfigError(
-                f"unknown config key '{full}'{hint} "
+                f"unknown config key {_shown(full)}{hint} "
                 f"(known keys: {', '.join(prefix + n for n in names)})")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
@@ -357,7 +442,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    except (RecursionError, ValueError) as err:
+        raise ConfigError(f"override {key!r}: value cannot be read: {_yaml_limit(err)}") \
+            from None
     return key.split("."), value
+
+
+def _yaml_limit(err: Exception) -> str:
+    """What a RecursionError / huge-integer ValueError of the YAML parser means."""
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
+    return str(err).split(";")[0]   # "Exceeds the limit (4300 digits) for integer ..."
 
 
 def load_config(path: str | None = None,
@@ -374,11 +469,17 @@ def load_config(path: str | None = None,
             raise ConfigError(
                 f"config file not found: {path} (from {os.getcwd()}); pass a YAML file, "
                 "e.g. one of: " + ", ".join(os.path.relpath(p) for p in shipped))
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             try:
                 values = yaml.safe_load(f) or {}
             except yaml.YAMLError as err:
                 raise ConfigError(f"{path}: not valid YAML: {err}") from None
+            except UnicodeDecodeError as err:
+                raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: "
+                                  f"{err.reason})") from None
+            except (RecursionError, ValueError) as err:
+                raise ConfigError(f"{path}: not valid YAML here: {_yaml_limit(err)}") \
+                    from None
         _apply(cfg, values)
     for text in overrides:
         keys, value = parse_override(text)

@@ -4,6 +4,8 @@ One `spm.model` serves tf.data and the SavedModel (through
 `tensorflow_text.SentencepieceTokenizer`) and the edge app (through the
 `sentencepiece` library): the same C++ implementation, so ids match.
 Special ids: pad 0, unk 1, bos 2, eos 3. Classification adds no bos/eos.
+A tokenizer trained for pre-training also has the control symbol [MASK]
+(id 4), which no text ever produces.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import time
 from pipeline.config import TokenizerConfig
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+MASK_TOKEN = "[MASK]"
 MODEL_FILE = "spm.model"
 LABELS_FILE = "labels.txt"
 
 
-def train_sentencepiece(texts, cfg: TokenizerConfig, out_dir: str, log=print) -> str:
+def train_sentencepiece(texts, cfg: TokenizerConfig, out_dir: str, log=print,
+                        control_symbols: tuple[str, ...] = ()) -> str:
     """Trains SentencePiece on `texts`; writes <out_dir>/spm.model atomically.
 
     Reuses an existing model trained with the same settings (a rerun resumes).
@@ -32,6 +36,8 @@ def train_sentencepiece(texts, cfg: TokenizerConfig, out_dir: str, log=print) ->
     settings = {"vocabulary_size": cfg.vocabulary_size, "model_type": cfg.model_type,
                 "character_coverage": cfg.character_coverage,
                 "lowercase": cfg.lowercase, "num_texts": len(texts)}
+    if control_symbols:
+        settings["control_symbols"] = list(control_symbols)
     settings_path = os.path.join(out_dir, "tokenizer.json")
     if os.path.isfile(path) and os.path.isfile(settings_path):
         with open(settings_path) as f:
@@ -41,7 +47,7 @@ def train_sentencepiece(texts, cfg: TokenizerConfig, out_dir: str, log=print) ->
     os.makedirs(out_dir, exist_ok=True)
     start = time.time()
     log(f"[tokenizer] training SentencePiece ({cfg.model_type}, "
-        f"vocabulary {cfg.vocabulary_size:,}) on {len(texts):,} train texts ...")
+        f"vocabulary {cfg.vocabulary_size:,}) on {len(texts):,} texts ...")
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(t for t in texts if t.strip()),
@@ -51,6 +57,7 @@ def train_sentencepiece(texts, cfg: TokenizerConfig, out_dir: str, log=print) ->
         character_coverage=cfg.character_coverage,
         normalization_rule_name="nmt_nfkc_cf" if cfg.lowercase else "nmt_nfkc",
         pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+        control_symbols=list(control_symbols),
         hard_vocab_limit=False,  # small data sets get a smaller vocabulary
         input_sentence_size=1_000_000, shuffle_input_sentence=True,
         max_sentence_length=1 << 16, num_threads=2, minloglevel=2,
@@ -71,6 +78,18 @@ def vocabulary_size(path: str) -> int:
     import sentencepiece as spm
 
     return spm.SentencePieceProcessor(model_file=path).get_piece_size()
+
+
+def token_id(path: str, piece: str) -> int:
+    """The id of `piece` in the SentencePiece model at `path`; ValueError if absent."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=path)
+    token = sp.piece_to_id(piece)
+    if token == sp.unk_id() and piece != sp.id_to_piece(token):
+        raise ValueError(f"{path} has no {piece!r} token; pre-training needs a "
+                         "tokenizer trained by pipeline/pretrain.py")
+    return token
 
 
 def read_model(path: str) -> bytes:

@@ -87,12 +87,101 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "total_steps": self.total_steps, "decay": self.decay}
 
 
-def make_optimizer(t: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
+class LayerwiseAdamW(keras.optimizers.AdamW):
+    """AdamW with a fixed learning-rate multiplier per variable.
+
+    `multiplier(path)` gives the factor of each trainable variable (by its
+    Keras path) when the optimizer is built: layer-wise learning-rate decay
+    and a lower encoder rate for fine-tuning. Weight decay keeps the base rate.
+    """
+
+    def __init__(self, multiplier, **kwargs):
+        super().__init__(**kwargs)
+        self._multiplier = multiplier
+        self._multipliers: list[float] = []
+
+    def build(self, variables):
+        super().build(variables)
+        self._multipliers = [float(self._multiplier(v.path)) for v in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        factor = self._multipliers[self._get_variable_index(variable)]
+        if factor != 1.0:
+            learning_rate = learning_rate * factor
+        return super().update_step(gradient, variable, learning_rate)
+
+
+def learning_rate_multiplier(t: TrainConfig, num_layers: int):
+    """path -> factor: block i of n gets encoder_learning_rate_multiplier *
+    layer_decay**(n - i), the embedding layer_decay**(n + 1), the rest 1."""
+    def multiplier(path: str) -> float:
+        block = re.search(r"/transformer_layer_(\d+)/", path)
+        if block:
+            return t.encoder_learning_rate_multiplier * \
+                t.layer_decay ** (num_layers - int(block.group(1)))
+        if "/embedding/" in path:
+            return t.encoder_learning_rate_multiplier * t.layer_decay ** (num_layers + 1)
+        if "/final_layer_norm/" in path:
+            return t.encoder_learning_rate_multiplier
+        return 1.0
+    return multiplier
+
+
+def make_optimizer(t: TrainConfig, total_steps: int,
+                   num_layers: int = 0) -> keras.optimizers.Optimizer:
     schedule = WarmupSchedule(t.learning_rate, int(t.warmup_fraction * total_steps),
                               total_steps, t.decay)
-    return keras.optimizers.AdamW(
-        learning_rate=schedule, weight_decay=t.weight_decay,
-        global_clipnorm=t.clip_norm or None)
+    kwargs = dict(learning_rate=schedule, weight_decay=t.weight_decay,
+                  global_clipnorm=t.clip_norm or None)
+    if t.encoder_learning_rate_multiplier != 1.0 or t.layer_decay != 1.0:
+        return LayerwiseAdamW(learning_rate_multiplier(t, num_layers), **kwargs)
+    return keras.optimizers.AdamW(**kwargs)
+
+
+def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                    strategy: tf.distribute.Strategy, compute_loss,
+                    global_batch_size: int, jit_compile: bool = False):
+    """The distributed training step shared by every task and by the benchmark.
+
+    `compute_loss(inputs, labels)` runs the model (training=True) on one
+    replica's batch and returns `(per_example_loss, correct)`: the loss of each
+    example, shape (batch,), and the number of correct predictions (a float
+    scalar, for the accuracy printed during training).
+
+    Returns `train_step(iterator, stop_requested)`, a tf.function that takes
+    the next batch from a distributed iterator, applies one optimizer step on
+    every replica and returns the loss, the correct count and the stop flag,
+    each summed over replicas. With `jit_compile`, the forward and backward
+    pass is compiled with XLA (the optimizer update is not).
+    """
+    def forward_backward(inputs, labels):
+        with tf.GradientTape() as tape:
+            per_example, correct = compute_loss(inputs, labels)
+            loss = tf.nn.compute_average_loss(
+                per_example, global_batch_size=global_batch_size)
+        grads = tape.gradient(loss, model.trainable_variables)
+        return loss, correct, grads
+
+    if jit_compile:
+        forward_backward = tf.function(forward_backward, jit_compile=True)
+
+    def replica_step(inputs, labels, stop_requested):
+        loss, correct, grads = forward_backward(inputs, labels)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss, correct, tf.identity(stop_requested)
+
+    @tf.function
+    def train_step(iterator, stop_requested):
+        inputs, labels = next(iterator)
+        loss, correct, stop = strategy.run(replica_step,
+                                           args=(inputs, labels, stop_requested))
+        # The stop flag is reduced like the loss, so every worker agrees to stop
+        # after the same step, whichever worker received SIGTERM.
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, stop, axis=None))
+
+    return train_step
 
 
 class ModelVariables(tf.Module):
@@ -116,6 +205,37 @@ class ModelVariables(tf.Module):
                 key, n = f"{base}_{n}", n + 1
             variables[key] = v
         self.by_path = variables
+
+
+class EncoderVariables(tf.Module):
+    """The encoder's variables of a TextClassifier (no head, no dropout state),
+    keyed by path: what pre-training hands to fine-tuning."""
+
+    def __init__(self, classifier: keras.Model):
+        super().__init__(name=None)
+        head = {id(v) for v in classifier.classifier_head.variables}
+        self.by_path = {key: v for key, v in ModelVariables(classifier).by_path.items()
+                        if id(v) not in head and "seed_generator" not in key}
+
+
+def init_from_pretrained(model: keras.Model, init_checkpoint: str, log=print) -> str:
+    """Loads pre-trained encoder weights into `model`; returns the path read."""
+    path = tf.train.latest_checkpoint(init_checkpoint) if os.path.isdir(
+        init_checkpoint) else init_checkpoint
+    if not path or not tf.io.gfile.exists(f"{path}.index"):
+        raise FileNotFoundError(
+            f"config key 'model.init_checkpoint' = {init_checkpoint!r}: no encoder "
+            "checkpoint there (expected <dir>/encoder/encoder-N written by pre-training)")
+    try:
+        tf.train.Checkpoint(encoder=EncoderVariables(model)).read(path) \
+            .assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as err:
+        raise ValueError(
+            f"config key 'model.init_checkpoint' = {init_checkpoint!r}: its weights do "
+            f"not fit this model (model.* must match pre-training): "
+            f"{str(err).splitlines()[0][:300]}") from None
+    log(f"[train] encoder initialised from pre-trained {path}")
+    return path
 
 
 def restore_latest(checkpoint: tf.train.Checkpoint,
@@ -239,7 +359,7 @@ def train(cfg: ExperimentConfig, splits: TextSplits, tokenizer_path: str,
 
     with strategy.scope():
         model = build_model(cfg, vocab_size, num_classes)
-        optimizer = make_optimizer(t, total_steps)
+        optimizer = make_optimizer(t, total_steps, cfg.model.num_layers)
         optimizer.build(model.trainable_variables)
         best_val = tf.Variable(-1.0, dtype=tf.float32, trainable=False)
         bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -255,6 +375,8 @@ def train(cfg: ExperimentConfig, splits: TextSplits, tokenizer_path: str,
     start_step = int(optimizer.iterations.numpy())
     if restored:
         log(f"[train] resumed from {restored} at step {start_step:,}/{total_steps:,}")
+    elif cfg.model.init_checkpoint:
+        init_from_pretrained(model, cfg.model.init_checkpoint, log)
     log(f"[train] strategy {cfg.runtime.strategy} ({replicas} replica(s)"
         f"{f' on {num_workers} workers, this is worker {worker}' if num_workers > 1 else ''}), "
         f"{model.count_params():,} parameters, precision {cfg.runtime.precision}, "
@@ -274,35 +396,15 @@ def train(cfg: ExperimentConfig, splits: TextSplits, tokenizer_path: str,
     loss_fn = keras.losses.CategoricalCrossentropy(
         from_logits=True, label_smoothing=t.label_smoothing, reduction=None)
 
-    def forward_backward(inputs, labels):
-        with tf.GradientTape() as tape:
-            logits = model(inputs, training=True)
-            per_example = loss_fn(tf.one_hot(labels, num_classes), logits)
-            loss = tf.nn.compute_average_loss(
-                per_example, global_batch_size=t.global_batch_size)
-        grads = tape.gradient(loss, model.trainable_variables)
+    def classification_loss(inputs, labels):
+        logits = model(inputs, training=True)
+        per_example = loss_fn(tf.one_hot(labels, num_classes), logits)
         correct = tf.reduce_sum(tf.cast(
             tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
-        return loss, correct, grads
+        return per_example, correct
 
-    if cfg.runtime.jit_compile:
-        forward_backward = tf.function(forward_backward, jit_compile=True)
-
-    def replica_step(inputs, labels, stop_requested):
-        loss, correct, grads = forward_backward(inputs, labels)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss, correct, tf.identity(stop_requested)
-
-    @tf.function
-    def train_step(iterator, stop_requested):
-        inputs, labels = next(iterator)
-        loss, correct, stop = strategy.run(replica_step,
-                                           args=(inputs, labels, stop_requested))
-        # The stop flag is reduced like the loss, so every worker agrees to stop
-        # after the same step, whichever worker received SIGTERM.
-        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, stop, axis=None))
+    train_step = make_train_step(model, optimizer, strategy, classification_loss,
+                                 t.global_batch_size, jit_compile=cfg.runtime.jit_compile)
 
     sigterm = threading.Event()
     previous_handler = None
