@@ -23,6 +23,7 @@ examples:
   python -m pipeline show-config configs/text_classification.yaml --set model.num_layers=4
   python -m pipeline tensorboard configs/text_classification.yaml --port 6006
   python -m pipeline launch --workers 2 configs/text_classification_debug.yaml
+  python -m pipeline bench                      # performance report: docs/BENCHMARKS.md
 
 Every run writes under artifacts/<experiment name>/; running the same command
 again resumes training from the latest checkpoint there.
@@ -428,6 +429,14 @@ def main(argv=None) -> int:
     board.add_argument("--all", action="store_true",
                        help="serve every experiment under runtime.artifacts_root, "
                        "to compare runs (HParams dashboard)")
+    from pipeline import bench as bench_module
+
+    bench_help = ("training throughput, FLOP utilisation, input pipeline and latency "
+                  "at one model shape (no config: flags only)")
+    bench_parser = commands.add_parser(
+        "bench", help=bench_help, description=bench_help, epilog=bench_module.EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_module.add_arguments(bench_parser)
     launcher = commands.choices["launch"]
     launcher.add_argument("--workers", type=int, default=2, help="number of workers")
     launcher.add_argument("--worker-command", default="run", choices=["run", "train"],
@@ -436,6 +445,9 @@ def main(argv=None) -> int:
     launcher.add_argument("--timeout", type=float, default=0,
                           help="stop all workers after this many seconds (0 = none)")
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        argv = sys.argv[1:] if argv is None else list(argv)
+        return bench_module.run_bench(args, argv[1:])
 
     from export.check_serving import ServingCheckError
     from pipeline.config import ConfigError
