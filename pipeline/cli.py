@@ -16,6 +16,8 @@ examples:
   python -m pipeline run configs/text_classification.yaml
   python -m pipeline run configs/text_classification_debug.yaml --set train.epochs=2
   python -m pipeline prepare configs/text_classification.yaml
+  python -m pipeline run configs/text_classification_pretrained.yaml
+  python -m pipeline pretrain configs/text_classification_pretrained.yaml
   python -m pipeline train configs/text_classification.yaml --set runtime.strategy=mirrored \\
       --set runtime.logical_cpu_devices=2
   python -m pipeline evaluate configs/text_classification.yaml
@@ -408,6 +410,8 @@ def main(argv=None) -> int:
     helps = {
         "run": "prepare data and tokenizer, train (resuming), evaluate, export all",
         "prepare": "load the data (print its card) and train the tokenizer",
+        "pretrain": "masked-LM pre-training of the encoder only (pretrain.*; cached "
+                    "under <artifacts_root>/pretrained/ and reused by run/train)",
         "train": "prepare, then train or resume from the latest checkpoint",
         "evaluate": "test metrics and baseline of the trained model",
         "export": "SavedModel, TFLite variants and edge bundle of the trained model",
@@ -472,6 +476,19 @@ def main(argv=None) -> int:
             run(cfg, strategy=_strategy_first(cfg))
         elif args.command == "prepare":
             prepare(cfg)
+        elif args.command == "pretrain":
+            from pipeline.config import ConfigError as _ConfigError
+
+            if not cfg.pretrain.enabled:
+                raise _ConfigError("config key 'pretrain.enabled' = False: this config "
+                                   "has no pre-training (see configs/"
+                                   "text_classification_pretrained.yaml)")
+            from pipeline.pretrain import pretrain
+            from pipeline.sources import load_splits
+
+            strategy = _strategy_first(cfg)
+            splits = load_splits(cfg.data, cfg.runtime.artifacts_root, log=log)
+            log(f"[pretrain] encoder checkpoint: {pretrain(cfg, splits, log, strategy)}")
         elif args.command == "train":
             from pipeline.train import train
 

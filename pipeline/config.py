@@ -26,6 +26,13 @@ INT8_FLOAT_OPS = ("BATCH_MATMUL", "SELECT_V2", "SOFTMAX", "MEAN", "SQUARED_DIFFE
                   "RSQRT", "ADD", "MUL")
 
 
+# Real configs are a few kB. The limits keep a hostile file or override from
+# costing seconds in the (pure-Python) YAML parser; libyaml's CSafeLoader is not
+# used because deeply nested input crashes it (segmentation fault).
+MAX_CONFIG_FILE_BYTES = 256 * 1024
+MAX_OVERRIDE_CHARS = 64 * 1024
+
+
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key."""
 
@@ -153,7 +160,7 @@ class PretrainConfig:
     # 10% a random token, 10% stay (keras_hub.layers.MaskedLMMaskGenerator).
     mask_rate: float = 0.15
     # Most predictions per sequence (selected positions beyond it are dropped).
-    max_predictions: int = 12
+    max_predictions: int = 8
     checkpoint_every_steps: int = 1000
     log_every_steps: int = 100
     seed: int = 7
@@ -434,6 +441,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """Parses "a.b=value" (value in YAML syntax) into (["a", "b"], value)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key=value, e.g. train.epochs=3")
+    if len(text) > MAX_OVERRIDE_CHARS:
+        raise ConfigError(f"override {_shown(text[:40])}...: longer than "
+                          f"{MAX_OVERRIDE_CHARS:,} characters")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
@@ -469,6 +479,9 @@ def load_config(path: str | None = None,
             raise ConfigError(
                 f"config file not found: {path} (from {os.getcwd()}); pass a YAML file, "
                 "e.g. one of: " + ", ".join(os.path.relpath(p) for p in shipped))
+        if os.path.getsize(path) > MAX_CONFIG_FILE_BYTES:
+            raise ConfigError(f"{path}: {os.path.getsize(path):,} bytes; a config file "
+                              f"may hold at most {MAX_CONFIG_FILE_BYTES:,}")
         with open(path, encoding="utf-8") as f:
             try:
                 values = yaml.safe_load(f) or {}

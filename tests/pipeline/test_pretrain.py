@@ -1,0 +1,222 @@
+"""Masked-LM pre-training: the corpus holds no held-out text, masking follows
+BERT, and fine-tuning starts from the pre-trained encoder and its tokenizer."""
+
+import os
+
+import numpy as np
+import pytest
+
+from tests.conftest import DEBUG_CONFIG
+
+WORDNET_DIR = "/usr/share/wordnet"
+
+
+def _test_noun_glosses():
+    from pipeline.datasets.wordnet_topics import split_of
+    from pipeline.pretrain import parse_gloss_line
+
+    glosses = set()
+    with open(os.path.join(WORDNET_DIR, "data.noun"), encoding="utf-8") as f:
+        for line in f:
+            row = parse_gloss_line(line.rstrip("\n"))
+            if row and split_of(row[0]) == "test":
+                glosses.add(row[2])
+    return glosses
+
+
+def test_no_test_split_gloss_in_the_pretraining_corpus(debug_splits, debug_config):
+    """Every gloss of a test noun synset (the task's md5 split of the synset
+    offset, whatever max_examples_per_split keeps) is absent from the corpus,
+    as a gloss and as a whole task text."""
+    from pipeline.pretrain import build_corpus
+
+    corpus, stats = build_corpus(debug_config, debug_splits, log=lambda *_: None)
+    test_glosses = _test_noun_glosses()
+    assert len(test_glosses) > 7000  # the whole test split, not a debug slice
+    corpus_glosses = {text.split(": ", 1)[1] for text in corpus}
+    assert not corpus_glosses & test_glosses
+    test_texts = {str(t) for t in debug_splits.texts["test"]}
+    assert not set(corpus) & test_texts
+    # The corpus is real: all four parts of speech, most of WordNet.
+    assert stats["wordnet"]["data.verb"]["synsets"] > 13000
+    assert stats["wordnet"]["data.noun"]["held_out"] > 15000   # validation + test
+    assert len(corpus) > 90000
+    assert any(text.startswith("breathe, take a breath, respire") for text in corpus)
+
+
+def test_a_repeated_held_out_gloss_is_dropped_from_other_files(tmp_path, debug_splits,
+                                                               debug_config):
+    """An external corpus line equal to a test gloss or test text is dropped."""
+    import dataclasses
+
+    from pipeline.pretrain import build_corpus
+
+    test_text = str(debug_splits.texts["test"][0])
+    path = tmp_path / "extra.txt"
+    path.write_text(f"an unrelated sentence\n{test_text}\n", encoding="utf-8")
+    cfg = dataclasses.replace(debug_config, pretrain=dataclasses.replace(
+        debug_config.pretrain, corpora=[str(path)]))
+    corpus, stats = build_corpus(cfg, debug_splits, log=lambda *_: None)
+    assert corpus == ["an unrelated sentence"]
+    assert stats["dropped_as_held_out"] == 1
+
+
+def test_adjective_markers_and_underscores_are_removed():
+    from pipeline.pretrain import parse_gloss_line
+
+    line = ("00002312 00 a 02 abaxial(a) 0 dorsal_side 4 000 | facing away from "
+            "the axis of an organ; \"the abaxial surface\"  ")
+    assert parse_gloss_line(line) == ("00002312", ["abaxial", "dorsal side"],
+                                      'facing away from the axis of an organ; '
+                                      '"the abaxial surface"')
+    assert parse_gloss_line("  1 This software and database is") is None
+
+
+def test_masking_follows_bert(debug_config, tmp_path):
+    """15% of real tokens selected, never padding; 80% of them become [MASK]."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    from pipeline.pretrain import make_mlm_dataset
+    from pipeline.tokenizer import (MASK_TOKEN, PAD_ID, InGraphTokenizer, read_model,
+                                    token_id, train_sentencepiece)
+
+    texts = [f"word{i % 50} thing{i % 7} item{i % 13} and more words here"
+             for i in range(400)]
+    spm_path = train_sentencepiece(texts, debug_config.tokenizer.__class__(
+        vocabulary_size=120), str(tmp_path), log=lambda *_: None,
+        control_symbols=(MASK_TOKEN,))
+    mask_id = token_id(spm_path, MASK_TOKEN)
+    assert mask_id == 4
+    cfg = dataclasses.replace(debug_config, pretrain=dataclasses.replace(
+        debug_config.pretrain, max_predictions=8))
+    tokenizer = InGraphTokenizer(read_model(spm_path), cfg.model.max_sequence_length)
+    data = make_mlm_dataset(texts, tokenizer, cfg, 64, mask_id, 120)
+    selected = masked = real = 0
+    for inputs, targets in data.take(10):
+        ids = inputs["token_ids"].numpy()
+        pad = ~inputs["padding_mask"].numpy()
+        positions = inputs["mask_positions"].numpy()
+        weights = targets["mask_weights"].numpy()
+        assert (ids[pad] == PAD_ID).all()
+        rows = np.arange(len(ids))[:, None].repeat(positions.shape[1], 1)
+        chosen = weights > 0
+        assert not pad[rows[chosen], positions[chosen]].any()
+        assert (targets["mask_ids"].numpy()[chosen] != mask_id).all()
+        masked += int((ids[rows[chosen], positions[chosen]] == mask_id).sum())
+        selected += int(chosen.sum())
+        real += int((~pad).sum())
+    assert 0.10 < selected / real < 0.20
+    assert 0.70 < masked / selected < 0.90
+    assert isinstance(inputs["token_ids"], tf.Tensor)
+
+
+def test_layerwise_learning_rates(debug_config):
+    """Multiplier 0 freezes the encoder; the head still learns."""
+    import dataclasses
+
+    import keras
+    import tensorflow as tf
+
+    from pipeline.train import LayerwiseAdamW, build_model, learning_rate_multiplier
+
+    train_cfg = dataclasses.replace(debug_config.train,
+                                    encoder_learning_rate_multiplier=0.0)
+    multiplier = learning_rate_multiplier(
+        dataclasses.replace(train_cfg, encoder_learning_rate_multiplier=1.0,
+                            layer_decay=0.5), num_layers=2)
+    assert multiplier("text_classifier/transformer_layer_1/x/kernel") == 0.5
+    assert multiplier("text_classifier/transformer_layer_0/x/kernel") == 0.25
+    assert multiplier("text_classifier/embedding/token_embedding/embeddings") == 0.125
+    assert multiplier("text_classifier/logits/kernel") == 1.0
+
+    model = build_model(debug_config, vocab_size=50, num_classes=3)
+    optimizer = LayerwiseAdamW(learning_rate_multiplier(train_cfg, 1),
+                               learning_rate=0.01, weight_decay=0.0)
+    optimizer.build(model.trainable_variables)
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    inputs = {"token_ids": tf.constant([[5, 6, 7, 0]]),
+              "padding_mask": tf.constant([[True, True, True, False]])}
+    with tf.GradientTape() as tape:
+        loss = keras.ops.sum(model(inputs, training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    for v in model.trainable_variables:
+        changed = not np.allclose(before[v.path], v.numpy())
+        assert changed == ("/logits/" in v.path), v.path
+
+
+@pytest.mark.slow
+def test_pretrain_then_finetune_starts_from_the_encoder(tmp_path, tfds_dir):
+    """A tiny pre-training run on a text file, then fine-tuning: the classifier
+    starts from the pre-trained encoder with its [MASK] tokenizer, TensorBoard
+    has the masked-LM curves, and a second run reuses the cache."""
+    import tensorflow as tf
+
+    from pipeline.cli import prepare
+    from pipeline.config import load_config
+    from pipeline.pretrain import SUMMARY_FILE
+    from pipeline.tokenizer import MASK_TOKEN, token_id, vocabulary_size
+    from pipeline.train import EncoderVariables, build_model, init_from_pretrained
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"a kind of thing number {i % 97} with parts {i % 11}\n"
+                              for i in range(3000)), encoding="utf-8")
+    cfg = load_config(DEBUG_CONFIG, [
+        f"runtime.artifacts_root={tmp_path}", f"data.tfds_data_dir={tfds_dir}",
+        "pretrain.enabled=true", f"pretrain.corpora=[{corpus}]", "pretrain.steps=30",
+        "pretrain.global_batch_size=16", "pretrain.log_every_steps=10",
+        "tokenizer.vocabulary_size=300"]).validate()
+    lines = []
+    splits, tokenizer_path = prepare(cfg)
+    pretrained = os.path.dirname(os.path.dirname(cfg.model.init_checkpoint))
+    assert os.path.isfile(os.path.join(pretrained, SUMMARY_FILE))
+    assert token_id(tokenizer_path, MASK_TOKEN) == 4  # the pre-trained tokenizer
+    events = tf.io.gfile.glob(os.path.join(cfg.run_dir, "tensorboard", "pretrain",
+                                           "events.out.tfevents.*"))
+    tags = {v.tag for path in events
+            for event in tf.compat.v1.train.summary_iterator(path)
+            for v in event.summary.value}
+    assert {"loss", "masked_token_accuracy", "learning_rate"} <= tags
+
+    model = build_model(cfg, vocabulary_size(tokenizer_path), splits.num_classes)
+    init_from_pretrained(model, cfg.model.init_checkpoint, log=lines.append)
+    reader = tf.train.load_checkpoint(cfg.model.init_checkpoint)
+    for key, variable in EncoderVariables(model).by_path.items():
+        saved = reader.get_tensor(
+            f"encoder/by_path/{key.replace('/', '.S')}/.ATTRIBUTES/VARIABLE_VALUE")
+        np.testing.assert_array_equal(saved, variable.numpy())
+
+    again = load_config(DEBUG_CONFIG, [
+        f"runtime.artifacts_root={tmp_path}", f"data.tfds_data_dir={tfds_dir}",
+        "pretrain.enabled=true", f"pretrain.corpora=[{corpus}]", "pretrain.steps=30",
+        "pretrain.global_batch_size=16", "tokenizer.vocabulary_size=300"]).validate()
+    from pipeline import cli
+
+    printed = []
+    original, cli.log = cli.log, printed.append
+    try:
+        prepare(again)
+    finally:
+        cli.log = original
+    assert any("[pretrain] reusing" in line for line in printed)
+    assert again.model.init_checkpoint == cfg.model.init_checkpoint
+
+
+def test_init_checkpoint_of_another_shape_is_a_clear_error(tmp_path, debug_config):
+    import dataclasses
+
+    import tensorflow as tf
+
+    from pipeline.train import EncoderVariables, build_model, init_from_pretrained
+
+    small = build_model(debug_config, vocab_size=50, num_classes=3)
+    path = tf.train.Checkpoint(encoder=EncoderVariables(small)).write(
+        str(tmp_path / "encoder" / "encoder-1"))
+    other = dataclasses.replace(debug_config, model=dataclasses.replace(
+        debug_config.model, hidden_dim=64))
+    with pytest.raises(ValueError, match="model.init_checkpoint"):
+        init_from_pretrained(build_model(other, 50, 3), path)
+    with pytest.raises(FileNotFoundError, match="model.init_checkpoint"):
+        init_from_pretrained(small, str(tmp_path / "missing"))
