@@ -49,7 +49,7 @@ REFERENCE_SHAPE = {"vocab": 8000, "seq": 128, "hidden": 256, "heads": 4, "ff": 1
 QUICK_SHAPE = {"vocab": 200, "seq": 16, "hidden": 32, "heads": 2, "ff": 64,
                "layers": 2, "batch": 4, "classes": 4}
 # Run settings: full run / --quick.
-RUN_DEFAULTS = {"repeats": 5, "steps": 5, "warmup": 2, "matmul_size": 2048,
+RUN_DEFAULTS = {"repeats": 5, "steps": 4, "warmup": 2, "matmul_size": 2048,
                 "input_texts": 20000, "latency_runs": 50, "latency_batch": 32,
                 "calibration_examples": 100, "profile_steps": 3,
                 "variants": "float32,float16,dynamic_range,int8"}
@@ -103,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--repeats", type=int, metavar="N",
                      help="timed repeats per case (median reported; default 5)")
     run.add_argument("--steps", type=int, metavar="N",
-                     help="training steps per timed repeat (default 5)")
+                     help="training steps per timed repeat (default 4)")
     run.add_argument("--warmup", type=int, metavar="N",
                      help="untimed warm-up steps/calls per case (default 2)")
     run.add_argument("--matmul-size", type=int, metavar="N",
@@ -283,6 +283,14 @@ def library_versions() -> dict:
         versions["ai_edge_litert"] = getattr(ai_edge_litert, "__version__", "?")
     versions["onednn"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)")
     return versions
+
+
+def niceness() -> int | None:
+    """This process's scheduling niceness (another job may renice it)."""
+    try:
+        return os.getpriority(os.PRIO_PROCESS, 0)
+    except (AttributeError, OSError):
+        return None
 
 
 def load_average() -> list[float] | None:
@@ -519,11 +527,12 @@ class ReferenceCase:
         self.model.train_on_batch(x, y)  # returns numpy: waits for the step
 
 
-def measure_matmul_peak(s: Settings) -> dict:
+def matmul_cases(s: Settings, calls: int = 2) -> dict:
+    """`tf.matmul` of two square `--matmul-size` matrices in float32 and
+    bfloat16, as interleave() cases named "matmul float32" / "matmul bfloat16"."""
     import tensorflow as tf
 
     n = s.matmul_size
-    flops = 2 * n ** 3
     matmul = tf.function(tf.matmul)
     cases = {}
     for dtype in ("float32", "bfloat16"):
@@ -532,16 +541,18 @@ def measure_matmul_peak(s: Settings) -> dict:
 
         def call(a=a, b=b):
             matmul(a, b).numpy()
-        cases[dtype] = (call, 1)
-    # At least 0.5 s of timed calls per dtype per repeat would be better, but
-    # 5 calls of a 2048^3 matmul take about 1 s here.
-    samples = interleave(cases, repeats=max(5, s.repeats), warmup=2, per_call=True)
-    result = {"matrix_size": n}
-    for dtype, seconds in samples.items():
-        stats = summary(seconds)
+        cases[f"matmul {dtype}"] = (call, calls)
+    return cases
+
+
+def matmul_peak(s: Settings, samples: dict) -> dict:
+    flops = 2 * s.matmul_size ** 3
+    result = {"matrix_size": s.matmul_size}
+    for dtype in ("float32", "bfloat16"):
+        stats = summary(samples[f"matmul {dtype}"])
         result[dtype] = {"gflops_median": flops / stats["median_s"] / 1e9,
                          "gflops_best": flops / stats["min_s"] / 1e9,
-                         "calls": stats["samples"]}
+                         "repeats": stats["samples"]}
     return result
 
 
@@ -811,6 +822,7 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     cfg = experiment_config(s)
     results: dict = {"date": date, "command": command, "machine": machine,
                      "versions": versions, "load_average_start": load_start,
+                     "niceness_start": niceness(),
                      "shape": s.shape(), "settings": asdict(s), "sections_seconds": {}}
     sections = results["sections_seconds"]
     work_dir = tempfile.mkdtemp(prefix="bench-")
@@ -837,15 +849,6 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             f"{pipeline_rates['cached_epoch_examples_per_second']:,.0f} examples/s cached "
             f"({time.time() - t0:.0f}s)")
 
-        # 2. Matmul peak.
-        t0 = time.time()
-        peak = measure_matmul_peak(s)
-        results["matmul_peak"] = peak
-        sections["matmul_peak"] = round(time.time() - t0, 1)
-        log(f"[bench] matmul peak ({peak['matrix_size']}^2): float32 "
-            f"{peak['float32']['gflops_median']:.0f} GFLOP/s, bfloat16 "
-            f"{peak['bfloat16']['gflops_median']:.0f} GFLOP/s (medians)")
-
         # 1. Training throughput.
         t0 = time.time()
         reference = ReferenceCase(s)
@@ -856,8 +859,15 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             f"({time.time() - t0:.0f}s); warming up (XLA compiles) ...")
         cases = {"reference": (reference.step, s.steps)}
         cases.update({case.name: (case.step, s.steps) for case in ours})
+        # 2. The matmul peak runs in the same rounds, so it sees the same load.
+        cases.update(matmul_cases(s))
         samples = interleave(cases, repeats=s.repeats, warmup=s.warmup,
-                             label="training")
+                             label="training and matmul peak")
+        peak = results["matmul_peak"] = matmul_peak(s, samples)
+        log(f"[bench] matmul peak ({peak['matrix_size']}^2): float32 "
+            f"{peak['float32']['gflops_median']:.0f} GFLOP/s, bfloat16 "
+            f"{peak['bfloat16']['gflops_median']:.0f} GFLOP/s (medians)")
+        samples = {k: v for k, v in samples.items() if not k.startswith("matmul ")}
         flops = training_flops_per_example(s.seq, s.hidden, s.ff, s.layers, s.classes)
         training = {}
         for name, seconds in samples.items():
@@ -914,9 +924,10 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         split_cases, profiles = {}, {}
         for case in dict.fromkeys([ours[0], fastest]):
             forward, forward_backward = case.phase_functions()
-            split_cases[f"{case.name} | forward"] = (forward, s.steps)
-            split_cases[f"{case.name} | forward+backward"] = (forward_backward, s.steps)
-            split_cases[f"{case.name} | step"] = (case.step, s.steps)
+            calls = (s.steps + 1) // 2
+            split_cases[f"{case.name} | forward"] = (forward, calls)
+            split_cases[f"{case.name} | forward+backward"] = (forward_backward, calls)
+            split_cases[f"{case.name} | step"] = (case.step, calls)
         split_samples = interleave(split_cases, repeats=max(2, min(3, s.repeats)),
                                    warmup=s.warmup, label="phase split")
         phases = {}
@@ -929,11 +940,13 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                                  "step_ms": 1e3 * step}
         # Op-level profiles of the runs without XLA (an XLA cluster does not
         # show its ops in the profiler's op statistics).
-        for case in ours:
-            if s.profile_steps and not case.jit_compile:
-                profile = op_profile(case.step, s.profile_steps)
-                if profile is not None:
-                    profiles[case.name] = profile
+        profiled = [(c.name, c.step) for c in ours if not c.jit_compile]
+        if not reference.jit_compile:
+            profiled.append(("keras-hub reference", reference.step))
+        for name, step in profiled if s.profile_steps else []:
+            profile = op_profile(step, s.profile_steps)
+            if profile is not None:
+                profiles[name] = profile
         results["where_the_time_goes"] = {"phases": phases, "op_profiles": profiles}
         sections["where_the_time_goes"] = round(time.time() - t0, 1)
 
@@ -961,6 +974,7 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         shutil.rmtree(work_dir, ignore_errors=True)
 
     results["load_average_end"] = load_average()
+    results["niceness_end"] = niceness()
     results["seconds"] = round(time.time() - started, 1)
     results["shared_machine"] = bool(load_start and load_start[0] > 1.0)
     results["targets"] = targets(results)
@@ -998,7 +1012,8 @@ def format_summary(r: dict) -> str:
     lines = ["", f"== bench results ({shape})",
              f"machine: {r['machine']['cpu']}, {r['machine']['usable_cpus']} usable CPUs; "
              f"load average {r['load_average_start']} at start, "
-             f"{r['load_average_end']} at end",
+             f"{r['load_average_end']} at end; niceness {r.get('niceness_start')} at "
+             f"start, {r.get('niceness_end')} at end",
              "", f"training (examples/s, median of {r['settings']['repeats']} x "
              f"{r['settings']['steps']} steps, warm-up excluded):"]
     for name, row in t["cases"].items():
@@ -1074,6 +1089,82 @@ def latency_table(lat: dict, markdown: bool) -> list[str]:
     return out
 
 
+def observations(r: dict) -> list[str]:
+    """Plain-language reading of the figures, computed from them (markdown)."""
+    t, p, lat, peak = r["training"], r["input_pipeline"], r["latency"], r["matmul_peak"]
+    cases, out = t["cases"], []
+    ref = cases["reference"]["examples_per_second"]
+    f32 = cases["ours float32"]
+    fastest = cases[t["fastest"]]
+    out.append(
+        f"Fastest of ours: {t['fastest']}, {fastest['examples_per_second']:.1f} examples/s "
+        f"= {t['ratio_fastest_vs_reference']:.2f}x the keras-hub reference "
+        f"({ref:.1f}); in float32 ours runs at {t['ratio_float32_vs_reference']:.2f}x it.")
+    for precision in ("float32", "mixed_bfloat16"):
+        off, on = cases.get(f"ours {precision}"), cases.get(f"ours {precision} + XLA")
+        if off and on:
+            out.append(f"XLA (`jit_compile`) with {precision}: "
+                       f"{on['examples_per_second'] / off['examples_per_second']:.2f}x the "
+                       "rate without it.")
+    bf16 = cases.get("ours mixed_bfloat16")
+    if bf16:
+        out.append(f"mixed_bfloat16 without XLA: "
+                   f"{bf16['examples_per_second'] / f32['examples_per_second']:.2f}x float32 "
+                   f"(the bf16 matmul peak is "
+                   f"{peak['bfloat16']['gflops_median'] / peak['float32']['gflops_median']:.2f}"
+                   "x the float32 one).")
+    ceiling = peak["bfloat16"]["gflops_median"] * 1e9 / t["flops_per_example_training"]
+    out.append(
+        f"Ceiling: at 100% of the bfloat16 matmul peak and with no other work, a "
+        f"training step of this shape would run at {ceiling:.0f} examples/s = "
+        f"{ceiling / ref:.2f}x the reference. "
+        + ("So the 2x target is out of reach on this CPU whatever the code does; "
+           if ceiling / ref < TARGET_TRAINING_RATIO else
+           f"The 2x target needs {100 * TARGET_TRAINING_RATIO * ref / ceiling:.0f}% "
+           "utilisation of the bfloat16 peak; ")
+        + f"ours reaches {fastest['utilisation_percent']:.0f}% of its precision's peak.")
+    profiles = r["where_the_time_goes"]["op_profiles"]
+    for name, prof in profiles.items():
+        share = prof["by_category_percent"].get("matmul / einsum", 0.0)
+        out.append(f"{name}: matmul / einsum ops take {share:.0f}% of the profiled op "
+                   f"time, the other {100 - share:.0f}% is element-wise, reduction, "
+                   "dropout-RNG and bookkeeping work.")
+    a, b = profiles.get("ours float32"), profiles.get("ours mixed_bfloat16")
+    if a and b:
+        ms_a = {o["type"]: o["ms_per_step"] for o in a["top_op_types"]}
+        ms_b = {o["type"]: o["ms_per_step"] for o in b["top_op_types"]}
+        grew = sorted(((ms_b[k] - ms_a[k], k) for k in ms_a.keys() & ms_b.keys()
+                       if ms_b[k] > 1.2 * ms_a[k]), reverse=True)
+        shrank = sorted(((ms_a[k] - ms_b[k], k) for k in ms_a.keys() & ms_b.keys()
+                         if ms_b[k] < ms_a[k] / 1.2), reverse=True)
+        if shrank:
+            out.append("From float32 to mixed_bfloat16 these ops got faster: " + ", ".join(
+                f"`{k}` {ms_a[k]:.0f} -> {ms_b[k]:.0f} ms/step" for _, k in shrank) + ".")
+        if grew:
+            out.append("These got slower (their bf16 kernels are slower than the "
+                       "float32 ones here): " + ", ".join(f"`{k}` {ms_a[k]:.0f} -> {ms_b[k]:.0f} ms/step"
+                                             for _, k in grew) + ".")
+    out.append(f"Input pipeline: {p['ratio']:.0f}x the training consumption from raw text "
+               f"({p['ratio_cached']:.0f}x from the cache), so training is never "
+               "input-bound at this shape.")
+    edge = lat.get("edge_ratio")
+    f32_rows = [m for m in lat["models"].values() if m.get("variant") == "float32"
+                and m["batch"] == 1]
+    if edge and f32_rows:
+        best = min(f32_rows, key=lambda m: m["median_ms"])
+        gflops = t["flops_per_example_forward"] / (best["median_ms"] / 1e3) / 1e9
+        out.append(
+            f"Edge: the fastest variant at batch 1 is {edge['variant']} with "
+            f"{edge['threads']} thread(s), {edge['ratio']:.2f}x float32's latency. Float32 "
+            f"TFLite at batch 1 already computes {gflops:.0f} GFLOP/s "
+            f"({best['threads']} thread(s); TensorFlow's float32 matmul peak on all "
+            f"cores was {peak['float32']['gflops_median']:.0f}); a ratio of {TARGET_EDGE_RATIO} would need "
+            f"{1 / TARGET_EDGE_RATIO:.1f}x from int8 kernels over all of the forward pass, "
+            "while the default int8 recipe keeps attention, softmax, LayerNorm and "
+            "element-wise ops in float.")
+    return out
+
+
 def write_json(path: str, data: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -1098,6 +1189,11 @@ def write_markdown(path: str, r: dict, summary_text: str) -> None:
         "absolute figures." if r["shared_machine"] else
         f"The 1-minute load average was {r['load_average_start'][0]} at the start "
         "(the machine was otherwise quiet).")
+    nice = [r.get("niceness_start"), r.get("niceness_end")]
+    if any(n for n in nice if n):
+        load_note += (f" This process ran at niceness {nice[0]} at the start and "
+                      f"{nice[1]} at the end (another job lowered its priority), so it "
+                      "got less CPU time than the jobs beside it.")
     lines = [
         "# Benchmarks", "",
         "Written by `python -m pipeline bench` (`pipeline/bench.py`, issue #8). "
@@ -1114,6 +1210,8 @@ def write_markdown(path: str, r: dict, summary_text: str) -> None:
         f"| memory | {m['memory_gb']} GB |",
         f"| load average (1, 5, 15 min) | {r['load_average_start']} at start, "
         f"{r['load_average_end']} at end |",
+        f"| niceness of the bench process | {r.get('niceness_start')} at start, "
+        f"{r.get('niceness_end')} at end |",
         f"| software | Python {m['python']}, TensorFlow {v['tensorflow']}, Keras "
         f"{v['keras']}, keras-hub {v['keras_hub']}, ai-edge-litert {v['ai_edge_litert']}, "
         f"numpy {v['numpy']}; oneDNN {v['onednn']} |",
@@ -1168,9 +1266,9 @@ def write_markdown(path: str, r: dict, summary_text: str) -> None:
         f"training = 3 x forward. Here: {t['flops_per_example_forward'] / 1e9:.3f} GFLOP "
         f"forward, {t['flops_per_example_training'] / 1e9:.3f} GFLOP per training example.",
         "",
-        f"Matmul peak, measured in the same run (`tf.matmul` of two "
-        f"{peak['matrix_size']}x{peak['matrix_size']} matrices, median / best of "
-        f"{peak['float32']['calls']} calls): float32 "
+        f"Matmul peak, measured in the same rounds as the training cases (`tf.matmul` "
+        f"of two {peak['matrix_size']}x{peak['matrix_size']} matrices, median / best of "
+        f"{peak['float32']['repeats']} repeats): float32 "
         f"{peak['float32']['gflops_median']:.1f} / {peak['float32']['gflops_best']:.1f} "
         f"GFLOP/s, bfloat16 {peak['bfloat16']['gflops_median']:.1f} / "
         f"{peak['bfloat16']['gflops_best']:.1f} GFLOP/s. Utilisation in the table above "
@@ -1215,6 +1313,8 @@ def write_markdown(path: str, r: dict, summary_text: str) -> None:
     if lat.get("tflite_failures"):
         lines += ["", f"Variants that failed: {lat['tflite_failures']}"]
     lines += ["", "## Where the time goes", ""]
+    lines += [f"- {line}" for line in observations(r)]
+    lines.append("")
     phases = r["where_the_time_goes"]["phases"]
     lines += ["Wall time per training step split by running forward only, then forward + "
               "backward (gradients, no update), then the full step, each compiled like "
