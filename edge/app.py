@@ -66,6 +66,7 @@ class Manifest:
     labels: str
     max_sequence_length: int
     pad_id: int
+    max_text_bytes: int | None   # only this many leading bytes are tokenized (None: all)
     input_name: str | None
     output_name: str | None
     variant: str
@@ -135,6 +136,8 @@ def read_manifest(bundle_dir: str | os.PathLike) -> Manifest:
         labels=names["labels"],
         max_sequence_length=get_int("max_sequence_length", minimum=1),
         pad_id=get_int("pad_id", 0),
+        max_text_bytes=None if raw.get("max_text_bytes") is None
+        else get_int("max_text_bytes", minimum=1),
         input_name=opt_str("input_name"),
         output_name=opt_str("output_name"),
         variant=str(raw.get("variant", "unknown")),
@@ -200,9 +203,30 @@ def _import_sentencepiece():
 # --------------------------------------------------------------------------- tokenizer
 
 
-def tokenize(processor, text: str, max_sequence_length: int, pad_id: int = 0) -> np.ndarray:
-    """Token ids exactly as the pipeline makes them: sp.encode(text) without bos/eos,
-    truncated to max_sequence_length, right-padded with pad_id. Returns int32 (max_sequence_length,)."""
+def valid_text(text: str) -> str:
+    """text itself when it is valid Unicode; else a copy with U+FFFD for what cannot be
+    encoded as UTF-8 (lone surrogates: invalid bytes of a command-line argument, or a
+    "\\ud800" escape in JSON), as invalid bytes read from stdin or a file become."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")  # argv bytes back to bytes
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "surrogatepass")
+        return raw.decode("utf-8", "replace")
+
+
+def tokenize(processor, text: str, max_sequence_length: int, pad_id: int = 0,
+             max_text_bytes: int | None = None) -> np.ndarray:
+    """Token ids exactly as the pipeline makes them: sp.encode(text) without bos/eos of the
+    text's first max_text_bytes UTF-8 bytes, truncated to max_sequence_length, right-padded
+    with pad_id. Returns int32 (max_sequence_length,)."""
+    if max_text_bytes is not None and len(text) > max_text_bytes // 4:
+        data = text.encode("utf-8", "surrogatepass")
+        if len(data) > max_text_bytes:   # a character cut in two becomes U+FFFD, as in the graph
+            text = data[:max_text_bytes].decode("utf-8", "replace")
     ids = processor.encode(text, out_type=int)[:max_sequence_length]
     out = np.full((max_sequence_length,), pad_id, dtype=np.int32)
     out[: len(ids)] = ids
@@ -311,7 +335,8 @@ class Bundle:
         return len(self.labels)
 
     def tokenize(self, text: str) -> np.ndarray:
-        return tokenize(self.processor, text, self.max_sequence_length, self.pad_id)
+        return tokenize(self.processor, text, self.max_sequence_length, self.pad_id,
+                        self.manifest.max_text_bytes)
 
     def predict_ids(self, ids: np.ndarray) -> np.ndarray:
         """Probabilities float32 (1, num_classes) for int token ids of shape (1, max_sequence_length)."""
@@ -331,6 +356,7 @@ class Bundle:
     def classify_one(self, text: str, top_k: int = 1) -> dict[str, Any]:
         if not isinstance(text, str):
             raise TypeError(f"text must be a string, got {type(text).__name__}")
+        text = valid_text(text)
         k = max(1, min(int(top_k), self.num_classes))
         t0 = time.perf_counter()
         probs = self.predict_ids(self.tokenize(text)[None, :])[0]
@@ -421,6 +447,12 @@ def iter_jsonl(stream: TextIO, on_error: Callable[[int, str], None]) -> Iterator
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             on_error(lineno, f"not valid JSON ({e.msg} at column {e.colno})")
+            continue
+        except RecursionError:
+            on_error(lineno, "not valid JSON here (nested too deeply)")
+            continue
+        except ValueError as e:  # e.g. an integer of more than 4,300 digits
+            on_error(lineno, f"not valid JSON here ({str(e).split(';')[0]})")
             continue
         if isinstance(obj, dict):
             text = obj.get("text")

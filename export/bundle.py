@@ -2,7 +2,9 @@
 
 The manifest holds what the app needs to tokenize and read the model, and the
 sha256 of every file; the app refuses a bundle whose files do not match.
-The bundle is assembled under a temporary name and swapped in when complete.
+The bundle is assembled under a temporary name and swapped in when complete, in
+one atomic step (export.saved_model.replace_dir): a kill at any moment leaves
+the previous bundle or the new one, complete.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 
-from export.saved_model import replace_dir
+from export.saved_model import remove_stale_temps, replace_dir
 from export.tflite import INPUT_NAME, OUTPUT_NAME, tensor_details
-from pipeline.tokenizer import PAD_ID
+from pipeline.tokenizer import PAD_ID, max_text_bytes
 
 PIPELINE_VERSION = "0.1.0"
 
@@ -34,6 +37,9 @@ def write_bundle(bundle_dir: str, tflite_path: str, tokenizer_path: str,
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".bundle-tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    name = re.escape(os.path.basename(os.path.abspath(bundle_dir)))
+    for pattern in (r"\.bundle-tmp-(\d+)", name + r"\.old-(\d+)"):  # a killed export's
+        remove_stale_temps(parent, pattern)
     os.makedirs(tmp)
     shutil.copy(tflite_path, os.path.join(tmp, "model.tflite"))
     shutil.copy(tokenizer_path, os.path.join(tmp, "spm.model"))
@@ -45,6 +51,7 @@ def write_bundle(bundle_dir: str, tflite_path: str, tokenizer_path: str,
         "task": "text_classification",
         "model": "model.tflite", "tokenizer": "spm.model", "labels": "labels.txt",
         "max_sequence_length": max_sequence_length,
+        "max_text_bytes": max_text_bytes(max_sequence_length),
         "pad_id": PAD_ID,
         "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
         "variant": variant,

@@ -16,8 +16,13 @@ crash mid-export leaves the previous versions untouched.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import os
+import re
 import shutil
+import sys
 import time
 
 import keras
@@ -53,15 +58,74 @@ def next_version(model_root: str) -> int:
     return max(versions, default=0) + 1
 
 
+def _exchange(path_a: str, path_b: str) -> bool:
+    """Swaps two existing paths in one atomic step (Linux renameat2 with
+    RENAME_EXCHANGE); False where the OS or file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(path_a), at_fdcwd, os.fsencode(path_b),
+                 rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(code, os.strerror(code), path_b)
+
+
 def replace_dir(tmp_dir: str, final_dir: str) -> None:
-    """Moves a completed tmp_dir to final_dir; an old final_dir is swapped out."""
-    old = None
-    if os.path.exists(final_dir):
-        old = f"{final_dir}.old-{os.getpid()}"
-        os.rename(final_dir, old)
+    """Moves a completed tmp_dir to final_dir.
+
+    An existing final_dir is exchanged with tmp_dir in one atomic step (Linux),
+    so a reader, or a kill at any moment, finds the old or the new directory,
+    never none; elsewhere it is renamed aside first.
+    """
+    if not os.path.exists(final_dir):
+        os.rename(tmp_dir, final_dir)
+        return
+    if _exchange(tmp_dir, final_dir):
+        shutil.rmtree(tmp_dir, ignore_errors=True)   # tmp_dir now holds the old one
+        return
+    old = f"{final_dir}.old-{os.getpid()}"
+    os.rename(final_dir, old)
     os.rename(tmp_dir, final_dir)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_temps(directory: str, pattern: str) -> list[str]:
+    """Removes the entries of `directory` that a killed export left behind: names
+    matching `pattern`, whose group 1 is the writer's pid, when that process is gone."""
+    removed = []
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return removed
+    for entry in entries:
+        match = re.fullmatch(pattern, entry)
+        if not match or _process_alive(int(match.group(1))):
+            continue
+        path = os.path.join(directory, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:   # e.g. another user's process
+        return True
+    return True
 
 
 def build_serving_archive(model: keras.Model, tokenizer_path: str,
@@ -121,6 +185,7 @@ def export_serving(model: keras.Model, tokenizer_path: str, label_names: list[st
     tmp_dir = os.path.join(model_root, f".tmp-{version}-{os.getpid()}")
     os.makedirs(model_root, exist_ok=True)
     shutil.rmtree(tmp_dir, ignore_errors=True)
+    remove_stale_temps(model_root, r"\.tmp-\d+-(\d+)")   # left by a killed export
     archive = build_serving_archive(model, tokenizer_path, label_names)
     archive.write_out(tmp_dir, verbose=False)
     extra = os.path.join(tmp_dir, "assets.extra")

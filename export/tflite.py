@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from export import quantize
 from export.quantize import VARIANTS, QuantizationError, QuantizationRecipe
-from export.saved_model import float32_model
+from export.saved_model import float32_model, remove_stale_temps
 from pipeline.tokenizer import PAD_ID
 
 INPUT_NAME, OUTPUT_NAME, SIGNATURE = "token_ids", "probabilities", "serving_default"
@@ -84,6 +84,7 @@ def export_tflite(model: keras.Model, variants: list[str], out_dir: str,
     recipe never costs the whole export.
     """
     paths = {}
+    remove_stale_temps(out_dir, r".+\.tflite\.tmp-(\d+)")   # left by a killed export
     source = tempfile.mkdtemp(prefix="tflite-source-")
     try:
         write_tflite_source(model, source)

@@ -440,20 +440,22 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parses "a.b=value" (value in YAML syntax) into (["a", "b"], value)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.epochs=3")
+        raise ConfigError(f"override {_shown(text)}: expected key=value, e.g. "
+                          "train.epochs=3")
     if len(text) > MAX_OVERRIDE_CHARS:
         raise ConfigError(f"override {_shown(text[:40])}...: longer than "
                           f"{MAX_OVERRIDE_CHARS:,} characters")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"override {text!r}: empty key")
+        raise ConfigError(f"override {_shown(text)}: empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     except (RecursionError, ValueError) as err:
-        raise ConfigError(f"override {key!r}: value cannot be read: {_yaml_limit(err)}") \
+        raise ConfigError(f"override {_shown(key)}: value cannot be read: "
+                          f"{_yaml_limit(err)}") \
             from None
     return key.split("."), value
 

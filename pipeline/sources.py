@@ -165,11 +165,32 @@ def _hash_split(text: str) -> str:
     return "train" if bucket < 80 else "validation" if bucket < 90 else "test"
 
 
+CSV_FIELD_LIMIT = 16 << 20   # characters in one CSV field (Python's default: 131,072)
+
+
 def _read_rows(path: str, fmt: str, text_col: str, label_col: str):
     """Yields (row_number, text, label) of a CSV (header row) or JSONL file."""
     if not os.path.isfile(path):
         raise DataError(f"data file not found: {path}")
-    with open(path, encoding="utf-8", newline="") as f:
+    number = 0
+    try:
+        for number, text, label in _parse_rows(path, fmt, text_col, label_col):
+            for value in (text, label):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:   # invalid bytes, or a "\\ud800" JSON escape
+                    raise DataError(f"{path}: row {number}: not valid UTF-8 text: "
+                                    f"{_brief(value, 60)}") from None
+            yield number, text, label
+    except csv.Error as err:
+        raise DataError(f"{path}: row {number + 1}: not valid CSV: {err}") from None
+
+
+def _parse_rows(path: str, fmt: str, text_col: str, label_col: str):
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    # A UTF-8 BOM is skipped; invalid bytes become lone surrogates here and are
+    # reported with their row.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         if fmt == "csv":
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
@@ -177,7 +198,9 @@ def _read_rows(path: str, fmt: str, text_col: str, label_col: str):
                 if col not in header:
                     raise DataError(
                         f"{path}: row 1 (header): missing column '{col}' "
-                        f"(data.{key}); columns are {header}")
+                        f"(data.{key}); columns are "
+                        f"[{', '.join(_brief(c, 40) for c in header[:20])}"
+                        f"{', ...' if len(header) > 20 else ''}]")
             for number, row in enumerate(reader, 2):
                 if row.get(text_col) is None or row.get(label_col) is None:
                     raise DataError(f"{path}: row {number}: missing value for "
@@ -191,6 +214,12 @@ def _read_rows(path: str, fmt: str, text_col: str, label_col: str):
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise DataError(f"{path}: row {number}: not valid JSON: {err.msg}")
+                except RecursionError:
+                    raise DataError(f"{path}: row {number}: not valid JSON here: nested "
+                                    "too deeply") from None
+                except ValueError as err:   # an integer of more than 4,300 digits
+                    raise DataError(f"{path}: row {number}: not valid JSON here: "
+                                    f"{str(err).split(';')[0]}") from None
                 if not isinstance(row, dict):
                     raise DataError(f"{path}: row {number}: expected a JSON object")
                 for col in (text_col, label_col):
@@ -200,7 +229,15 @@ def _read_rows(path: str, fmt: str, text_col: str, label_col: str):
                 if not isinstance(text, str):
                     raise DataError(f"{path}: row {number}: column '{text_col}' "
                                     f"must be a string, got {type(text).__name__}")
-                yield number, text, str(row[label_col]).strip()
+                label = row[label_col]
+                if isinstance(label, bool) or not isinstance(label, (str, int)):
+                    raise DataError(f"{path}: row {number}: column '{label_col}' must be "
+                                    f"a string or an integer, got {type(label).__name__}")
+                yield number, text, str(label).strip()
+
+
+def _brief(text: str, limit: int) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
 def _load_files(cfg: DataConfig) -> TextSplits:
@@ -226,8 +263,9 @@ def _load_files(cfg: DataConfig) -> TextSplits:
         ids = []
         for path, number, _, label in rows[split]:
             if label not in index:
-                raise DataError(f"{path}: row {number}: unknown label {label!r} "
-                                f"(known: {names[:10]}{'...' if len(names) > 10 else ''})")
+                known = ", ".join(_brief(n, 40) for n in names[:10])
+                raise DataError(f"{path}: row {number}: unknown label {_brief(label, 80)} "
+                                f"(known: {known}{', ...' if len(names) > 10 else ''})")
             ids.append(index[label])
         texts[split] = np.array([r[2] for r in rows[split]], dtype=object)
         labels[split] = np.array(ids, dtype=np.int32)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 
 from pipeline.config import TokenizerConfig
@@ -49,19 +50,22 @@ def train_sentencepiece(texts, cfg: TokenizerConfig, out_dir: str, log=print,
     log(f"[tokenizer] training SentencePiece ({cfg.model_type}, "
         f"vocabulary {cfg.vocabulary_size:,}) on {len(texts):,} texts ...")
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(t for t in texts if t.strip()),
-        model_writer=model,
-        vocab_size=cfg.vocabulary_size,
-        model_type=cfg.model_type,
-        character_coverage=cfg.character_coverage,
-        normalization_rule_name="nmt_nfkc_cf" if cfg.lowercase else "nmt_nfkc",
-        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-        control_symbols=list(control_symbols),
-        hard_vocab_limit=False,  # small data sets get a smaller vocabulary
-        input_sentence_size=1_000_000, shuffle_input_sentence=True,
-        max_sentence_length=1 << 16, num_threads=2, minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(t for t in texts if t.strip()),
+            model_writer=model,
+            vocab_size=cfg.vocabulary_size,
+            model_type=cfg.model_type,
+            character_coverage=cfg.character_coverage,
+            normalization_rule_name="nmt_nfkc_cf" if cfg.lowercase else "nmt_nfkc",
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            control_symbols=list(control_symbols),
+            hard_vocab_limit=False,  # small data sets get a smaller vocabulary
+            input_sentence_size=1_000_000, shuffle_input_sentence=True,
+            max_sentence_length=1 << 16, num_threads=2, minloglevel=2,
+        )
+    except RuntimeError as err:   # the C++ trainer's check failures
+        raise _training_error(err, cfg) from None
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
         f.write(model.getvalue())
@@ -72,6 +76,26 @@ def train_sentencepiece(texts, cfg: TokenizerConfig, out_dir: str, log=print,
     log(f"[tokenizer] wrote {path} (vocabulary {vocabulary_size(path):,}, "
         f"{time.time() - start:.1f}s)")
     return path
+
+
+def _training_error(err: RuntimeError, cfg: TokenizerConfig) -> Exception:
+    """A SentencePiece trainer failure as a ConfigError naming the keys to change."""
+    from pipeline.config import ConfigError
+
+    message = str(err).strip().splitlines()[0] if str(err).strip() else "failed"
+    message = re.sub(r"^[A-Z_]+: \S+\(\d+\) ", "", message)   # "INTERNAL: file.cc(467) "
+    if "sentences_.empty()" in message:
+        return ConfigError("SentencePiece has nothing to train on: every train text is "
+                           "empty or whitespace")
+    needed = re.search(r"(\d+) vs (\d+)", message)
+    if "required_chars" in message and needed:
+        return ConfigError(
+            f"config key 'tokenizer.vocabulary_size' = {cfg.vocabulary_size}: the train "
+            f"texts need at least {needed.group(2)} pieces (their characters at "
+            f"tokenizer.character_coverage={cfg.character_coverage}, and the special "
+            "ids); raise it or lower tokenizer.character_coverage")
+    return ConfigError(f"SentencePiece could not train on the train split with "
+                       f"tokenizer.vocabulary_size={cfg.vocabulary_size}: {message}")
 
 
 def vocabulary_size(path: str) -> int:
@@ -111,23 +135,45 @@ def read_labels(path: str) -> list[str]:
         return [line.rstrip("\n") for line in f if line.rstrip("\n")]
 
 
+# Bytes of text tokenized per kept token: a SentencePiece piece is at most 16
+# characters of at most 4 bytes each.
+BYTES_PER_TOKEN = 64
+
+
+def max_text_bytes(max_sequence_length: int) -> int:
+    """Only this many leading bytes of a text are tokenized (the edge bundle's
+    manifest records it, so the app cuts texts the same way)."""
+    return BYTES_PER_TOKEN * max_sequence_length
+
+
 class InGraphTokenizer:
     """tensorflow-text SentencePiece tokenization to fixed-length int32 ids.
 
     `__call__(texts)` maps a (batch,) tf.string tensor to (batch,
     max_sequence_length) int32 ids, truncated and right-padded with PAD_ID.
     A pure tf function: runs eagerly, in Dataset.map and in a SavedModel.
+
+    A text is cut to its first `max_text_bytes(max_sequence_length)` bytes
+    before tokenization. They hold its first max_sequence_length pieces unless
+    it starts with kilobytes of whitespace or of characters outside the
+    vocabulary; and the tensorflow-text op takes time quadratic in the length
+    of a run it cannot split (1 MB of emoji: 11 s), which a served request
+    must not be able to cost.
     """
 
     def __init__(self, model_bytes: bytes, max_sequence_length: int):
         import tensorflow_text as tf_text
 
         self.max_sequence_length = max_sequence_length
+        self.max_text_bytes = max_text_bytes(max_sequence_length)
         self.tokenizer = tf_text.SentencepieceTokenizer(
             model=model_bytes, out_type="int32")
 
     def ragged(self, texts):
         """(batch,) strings -> ragged (batch, None) int32 ids, truncated."""
+        import tensorflow as tf
+
+        texts = tf.strings.substr(texts, 0, self.max_text_bytes)
         return self.tokenizer.tokenize(texts)[:, : self.max_sequence_length]
 
     def __call__(self, texts):

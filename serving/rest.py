@@ -24,7 +24,7 @@ import numpy as np
 from google.protobuf import json_format
 from werkzeug.wrappers import Request, Response
 
-from serving.servables import ServerCore, ServingError, invalid
+from serving.servables import ServerCore, ServingError, clip, invalid
 
 _SPEC = r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
 PREDICT_PATH = re.compile(_SPEC + r":(classify|regress|predict)", re.IGNORECASE)
@@ -273,10 +273,10 @@ class RestApi:
                 api = "metadata" if match.group(4) else "status"
                 response = self.status_or_metadata(*match.groups())
             elif path.lower().startswith("/v1/"):
-                raise invalid(f"Malformed request: {request.method} {path}")
+                raise invalid(f"Malformed request: {request.method} {clip(path)}")
             else:
                 raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Malformed request: {request.method} {path}")
+                                   f"Malformed request: {request.method} {clip(path)}")
             status = "OK"
         except ServingError as err:
             response, status = error_response(err), err.code.name

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import threading
 import time
 
@@ -71,9 +72,24 @@ def dtype_name(enum: int) -> str:
     return _tf().dtypes.as_dtype(enum).name
 
 
+# Lines of a TF error message that say where, not what.
+_TF_CONTEXT = re.compile(r"(Graph execution error:|Detected at node |<stack traces "
+                         r"unavailable>|File \"|\s*\[\[\{\{node |\s*$)")
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """A name from a request, cut for an error message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def _short(message: str, limit: int = 500) -> str:
-    """The first line of a TF error, without the graph/stack context TF appends."""
-    line = message.strip().splitlines()[0] if message.strip() else "error"
+    """The line of a TF error that says what went wrong, without the graph and
+    stack context TF puts around it ("Graph execution error:", "Detected at
+    node ...", "[[{{node ...}}]]")."""
+    lines = [line.strip() for line in message.splitlines()]
+    meaningful = [line for line in lines if line and not _TF_CONTEXT.match(line)]
+    line = (meaningful or [line for line in lines if line] or ["error"])[0]
+    line = re.sub(r"\s*\[Op:[^\]]*\]$", "", line) or "error"
     return line if len(line) <= limit else line[:limit] + " ..."
 
 
@@ -107,7 +123,7 @@ class Servable:
     def signature(self, signature_name: str):
         name = signature_name or "serving_default"
         if name not in self.signature_defs:
-            raise invalid(f'Serving signature name: "{name}" not found in signature def')
+            raise invalid(f'Serving signature name: "{clip(name)}" not found in signature def')
         return name, self.signature_defs[name]
 
     def predict(self, signature_name: str, inputs: dict[str, np.ndarray],
@@ -254,7 +270,7 @@ class ModelManager:
         available = self.available
         if label:
             if label not in self.labels:
-                raise invalid(f"Unrecognized servable version label: {label}")
+                raise invalid(f"Unrecognized servable version label: {clip(label)}")
             version = self.labels[label]
         if version is None:
             if not available:
@@ -375,7 +391,8 @@ class ServerCore:
                  label: str | None = None) -> Servable:
         manager = self.managers.get(name)
         if manager is None:
-            what = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
+            what = f"Specific({clip(name)}, {version})" if version is not None else \
+                f"Latest({clip(name)})"
             raise ServingError(grpc.StatusCode.NOT_FOUND,
                                f"Servable not found for request: {what}")
         return manager.resolve(version, label)
@@ -385,10 +402,10 @@ class ServerCore:
         manager = self.managers.get(name)
         if manager is None:
             raise ServingError(grpc.StatusCode.NOT_FOUND,
-                               f"Could not find any versions of model {name}")
+                               f"Could not find any versions of model {clip(name)}")
         if label:
             if label not in manager.labels:
-                raise invalid(f"Unrecognized servable version label: {label}")
+                raise invalid(f"Unrecognized servable version label: {clip(label)}")
             version = manager.labels[label]
         states = dict(manager.states)
         if version is not None:
