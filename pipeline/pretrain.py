@@ -16,7 +16,7 @@ Masking is `keras_hub.layers.MaskedLMMaskGenerator` in tf.data (15% of the
 tokens selected; of those 80% become [MASK], 10% a random token, 10% stay),
 the model is `models.MaskedLanguageModel` (the classifier's own encoder with a
 head tied to its token embedding), and the step is `pipeline.train`'s. The
-result is cached in <artifacts_root>/pretrained/<name>-<fingerprint>/:
+result is cached in <artifacts_root>/pretrained/mlm-<fingerprint>/:
 
   tokenizer/spm.model     SentencePiece with [MASK], used by fine-tuning too
   checkpoints/            full training state (a rerun resumes)
@@ -161,7 +161,9 @@ def fingerprint(cfg: ExperimentConfig, corpus: list[str]) -> str:
 
 
 def pretrained_dir(cfg: ExperimentConfig, fp: str) -> str:
-    return os.path.join(cfg.runtime.artifacts_root, "pretrained", f"{cfg.name}-{fp}")
+    """Named by the fingerprint only: experiments that differ in fine-tuning
+    alone share one pre-trained encoder."""
+    return os.path.join(cfg.runtime.artifacts_root, "pretrained", f"mlm-{fp}")
 
 
 def tokenizer_of(init_checkpoint: str) -> str:
@@ -236,7 +238,9 @@ def pretrain(cfg: ExperimentConfig, splits: TextSplits, log=print, strategy=None
             f"accuracy {summary['masked_accuracy']:.3f}, pre-trained in "
             f"{format_duration(summary['seconds'])})")
         _copy_summaries(out_dir, cfg.run_dir)
-        return summary["encoder_checkpoint"]
+        # The directory may have moved: the checkpoint is found relative to it.
+        return os.path.join(out_dir, "encoder",
+                            os.path.basename(summary["encoder_checkpoint"]))
     result = _train_mlm(cfg, corpus, stats, out_dir, fp, log, strategy)
     _copy_summaries(out_dir, cfg.run_dir)
     return result
