@@ -38,7 +38,7 @@ import shutil
 import time
 
 from pipeline.config import ExperimentConfig
-from pipeline.datasets.wordnet_topics import require_file, split_of
+from pipeline.datasets.wordnet_topics import read_parsed, split_of
 from pipeline.progress import format_duration
 from pipeline.sources import DataError, TextSplits
 
@@ -72,17 +72,8 @@ def wordnet_corpus(wordnet_dir: str, exclude_splits, include_lemmas: bool = True
     """
     held_out, kept, counts = set(), [], {}
     for name in WORDNET_FILES:
-        path = os.path.join(wordnet_dir, name)
-        require_file(path)
-        rows = []
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for number, line in enumerate(f, 1):
-                try:
-                    row = parse_gloss_line(line.rstrip("\n"))
-                except (ValueError, IndexError) as err:
-                    raise DataError(f"{path}:{number}: malformed synset line: {err}")
-                if row is not None:
-                    rows.append(row)
+        rows = list(read_parsed(os.path.join(wordnet_dir, name), parse_gloss_line,
+                                error=DataError))
         excluded = 0
         for offset, lemmas, gloss in rows:
             if name == "data.noun" and split_of(offset) in exclude_splits:

@@ -71,17 +71,24 @@ def parse_line(line: str) -> dict | None:
     }
 
 
-def read_synsets(path: str = DEFAULT_PATH):
-    """Yields parsed synsets of a WordNet data.noun file."""
+def read_parsed(path: str, parse=None, error=ValueError):
+    """Yields `parse(line)` of every synset line of a WordNet data.* file
+    (`parse_line` by default); `error` names the file and line of a bad one."""
+    parse = parse or parse_line
     require_file(path)
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
             try:
-                row = parse_line(line.rstrip("\n"))
+                row = parse(line.rstrip("\n"))
             except (ValueError, IndexError) as err:
-                raise ValueError(f"{path}:{number}: malformed synset line: {err}")
+                raise error(f"{path}:{number}: malformed synset line: {err}") from None
             if row is not None:
                 yield row
+
+
+def read_synsets(path: str = DEFAULT_PATH):
+    """Yields parsed synsets of a WordNet data.noun file."""
+    yield from read_parsed(path)
 
 
 class WordnetTopics(tfds.core.GeneratorBasedBuilder):
