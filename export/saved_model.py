@@ -186,26 +186,31 @@ def export_serving(model: keras.Model, tokenizer_path: str, label_names: list[st
     os.makedirs(model_root, exist_ok=True)
     shutil.rmtree(tmp_dir, ignore_errors=True)
     remove_stale_temps(model_root, r"\.tmp-\d+-(\d+)")   # left by a killed export
-    archive = build_serving_archive(model, tokenizer_path, label_names)
-    archive.write_out(tmp_dir, verbose=False)
-    extra = os.path.join(tmp_dir, "assets.extra")
-    os.makedirs(extra, exist_ok=True)
-    shutil.copy(tokenizer_path, os.path.join(extra, "spm.model"))
-    with open(os.path.join(extra, "labels.txt"), "w", encoding="utf-8") as f:
-        f.write("".join(f"{n}\n" for n in label_names))
-    if warmup_texts:
-        from export.warmup import write_warmup_requests
+    try:
+        archive = build_serving_archive(model, tokenizer_path, label_names)
+        archive.write_out(tmp_dir, verbose=False)
+        extra = os.path.join(tmp_dir, "assets.extra")
+        os.makedirs(extra, exist_ok=True)
+        shutil.copy(tokenizer_path, os.path.join(extra, "spm.model"))
+        with open(os.path.join(extra, "labels.txt"), "w", encoding="utf-8") as f:
+            f.write("".join(f"{n}\n" for n in label_names))
+        if warmup_texts:
+            from export.warmup import write_warmup_requests
 
-        write_warmup_requests(tmp_dir, list(warmup_texts), model_name)
-    if check_ops:
-        from export.check_serving import ServingCheckError, check_saved_model
+            write_warmup_requests(tmp_dir, list(warmup_texts), model_name)
+        if check_ops:
+            from export.check_serving import ServingCheckError, check_saved_model
 
-        result = check_saved_model(tmp_dir)
-        if not result.ok:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            raise ServingCheckError(result.error())
-        log(f"[export] op check: {len(result.ops)} op types, all TF core or "
-            "tensorflow-text (python -m export.check_serving <dir> lists them)")
+            result = check_saved_model(tmp_dir)
+            if not result.ok:
+                raise ServingCheckError(result.error())
+            log(f"[export] op check: {len(result.ops)} op types, all TF core or "
+                "tensorflow-text (python -m export.check_serving <dir> lists them)")
+    except BaseException:
+        # An error in this process removes its own temp dir (a kill leaves it to
+        # remove_stale_temps of the next export); the previous versions stay.
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
     replace_dir(tmp_dir, final_dir)
     log(f"[export] SavedModel {final_dir} ({dir_size(final_dir) / 1e6:.1f} MB, "
         f"{time.time() - start:.1f}s)")

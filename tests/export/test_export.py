@@ -115,3 +115,5 @@ def test_crash_mid_export_keeps_the_previous_version(debug_run, saved_model_dir,
     assert loaded.signatures["serving_default"](text=tf.constant(["a dog"]))["label"].shape == (1,)
     versions = [d for d in os.listdir(os.path.dirname(saved_model_dir)) if d.isdigit()]
     assert versions == [str(version)]
+    # The failed export removed its own temp dir (only a kill leaves one behind).
+    assert sorted(os.listdir(os.path.dirname(saved_model_dir))) == [str(version)]
