@@ -67,11 +67,12 @@ def prepare(cfg, strategy=None):
         from pipeline.pretrain import tokenizer_of
         from pipeline.tokenizer import MODEL_FILE
 
+        source = tokenizer_of(cfg.model.init_checkpoint)
         os.makedirs(tokenizer_dir, exist_ok=True)
         tokenizer_path = os.path.join(tokenizer_dir, MODEL_FILE)
-        shutil.copyfile(tokenizer_of(cfg.model.init_checkpoint), tokenizer_path + ".tmp")
+        shutil.copyfile(source, tokenizer_path + ".tmp")
         os.replace(tokenizer_path + ".tmp", tokenizer_path)
-        log(f"[tokenizer] using the pre-trained encoder's {tokenizer_of(cfg.model.init_checkpoint)}")
+        log(f"[tokenizer] using the pre-trained encoder's {source}")
     else:
         tokenizer_path = train_sentencepiece(splits.texts["train"], cfg.tokenizer,
                                              tokenizer_dir, log=log)

@@ -354,7 +354,6 @@ def _train_mlm(cfg, corpus, stats, out_dir, fp, log, strategy) -> str:
     if is_chief:
         _write_encoder(EncoderVariables(encoder), encoder_path)
         summary = {"fingerprint": fp, "steps": step, "resumed_from_step": start_step,
-                   "seconds_this_process": round(seconds, 1),
                    "seconds": round(seconds, 1), "loss": loss,
                    "masked_accuracy": accuracy, "corpus": stats,
                    "tokenizer": tokenizer_path, "encoder_checkpoint": encoder_path,
