@@ -4,6 +4,8 @@ import keras
 from keras import ops
 
 from models.layers._utils import check_dropout, check_positive_ints
+from models.layers.dropout import Dropout
+from models.layers.layer_normalization import LayerNormalization
 from models.layers.token_and_position_embedding import TokenAndPositionEmbedding
 from models.layers.transformer_encoder import TransformerEncoder
 
@@ -132,7 +134,7 @@ class TextClassifier(keras.Model):
             dtype=self.dtype_policy,
             name="embedding",
         )
-        self.embeddings_dropout = keras.layers.Dropout(
+        self.embeddings_dropout = Dropout(
             dropout, dtype=self.dtype_policy, name="embeddings_dropout"
         )
         self.encoder_layers = [
@@ -149,11 +151,11 @@ class TextClassifier(keras.Model):
         ]
         self.final_layer_norm = None
         if norm_first:
-            self.final_layer_norm = keras.layers.LayerNormalization(
+            self.final_layer_norm = LayerNormalization(
                 epsilon=1e-5, dtype=self.dtype_policy, name="final_layer_norm"
             )
         # The pooled vector and the head are float32 under every policy.
-        self.output_dropout = keras.layers.Dropout(
+        self.output_dropout = Dropout(
             dropout, dtype="float32", name="output_dropout"
         )
         self.classifier_head = keras.layers.Dense(
@@ -222,7 +224,7 @@ class TextClassifier(keras.Model):
         for layer in self.encoder_layers:
             x = layer(x, padding_mask=padding_mask, training=training)
         if self.final_layer_norm is not None:
-            x = self.final_layer_norm(x)
+            x = self.final_layer_norm(x, training=training)
         return x
 
     def compute_output_shape(self, input_shape):

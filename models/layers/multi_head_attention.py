@@ -3,9 +3,11 @@
 import math
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from models.layers._utils import check_dropout, check_positive_ints, clone_initializer
+from models.layers.dropout import Dropout
 
 # Added to the scores of masked positions. Finite on purpose: a row in which
 # every key is masked (e.g. an all-padding text) then gets a uniform softmax
@@ -143,7 +145,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self._output_dense.build(
             (query_shape[0], query_shape[1], self.num_heads, value_dim)
         )
-        self._dropout_layer = keras.layers.Dropout(
+        self._dropout_layer = Dropout(
             rate=self.dropout, dtype=self.dtype_policy, name="attention_dropout"
         )
         self.built = True
@@ -159,9 +161,9 @@ class MultiHeadAttention(keras.layers.Layer):
     ):
         if key is None:
             key = value
-        query = self._query_dense(query)  # (batch, q_len, heads, key_dim)
-        key = self._key_dense(key)  # (batch, kv_len, heads, key_dim)
-        value = self._value_dense(value)  # (batch, kv_len, heads, value_dim)
+        query = self._project_in(self._query_dense, query)  # (b, q, heads, key_dim)
+        key = self._project_in(self._key_dense, key)  # (batch, kv_len, heads, key_dim)
+        value = self._project_in(self._value_dense, value)  # (b, kv, heads, value_dim)
 
         query = ops.multiply(
             query, ops.cast(1.0 / math.sqrt(float(self.key_dim)), query.dtype)
@@ -178,10 +180,38 @@ class MultiHeadAttention(keras.layers.Layer):
         dropped = self._dropout_layer(probs, training=training)
 
         output = ops.einsum("bhts,bshd->bthd", dropped, value)  # (b, q, h, v)
-        output = self._output_dense(output)  # (batch, q_len, hidden_dim)
+        output = self._project_out(output)  # (batch, q_len, hidden_dim)
         if return_attention_scores:
             return output, probs
         return output
+
+    # The projections own their weights as `EinsumDense` layers (the shapes
+    # of `keras.layers.MultiHeadAttention`), but run as one 2-D matmul each:
+    # the einsum "abc,cde->abde" runs as a batch matmul broadcasting the
+    # kernel over the batch, and its kernel gradient as a batch of products
+    # then a sum, which was slower in training (python -m pipeline bench). The
+    # 2-D form is also a plain FULLY_CONNECTED op for the TFLite converter.
+
+    def _project_in(self, dense, inputs):
+        """(batch, seq, dim) -> (batch, seq, heads, size) with `dense`'s weights."""
+        dim, heads, size = dense.kernel.shape
+        kernel = ops.reshape(ops.cast(dense.kernel, self.compute_dtype), (dim, heads * size))
+        shape = tf.shape(inputs)
+        x = ops.matmul(ops.reshape(inputs, (-1, dim)), kernel)
+        if dense.bias is not None:
+            x = x + ops.reshape(ops.cast(dense.bias, x.dtype), (heads * size,))
+        return ops.reshape(x, (shape[0], shape[1], heads, size))
+
+    def _project_out(self, inputs):
+        """(batch, seq, heads, size) -> (batch, seq, hidden_dim)."""
+        dense = self._output_dense
+        heads, size, hidden_dim = dense.kernel.shape
+        kernel = ops.reshape(ops.cast(dense.kernel, self.compute_dtype), (heads * size, hidden_dim))
+        shape = tf.shape(inputs)
+        x = ops.matmul(ops.reshape(inputs, (-1, heads * size)), kernel)
+        if dense.bias is not None:
+            x = x + ops.cast(dense.bias, x.dtype)
+        return ops.reshape(x, (shape[0], shape[1], hidden_dim))
 
     def compute_output_shape(self, query_shape, value_shape, key_shape=None):
         return query_shape

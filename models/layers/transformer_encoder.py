@@ -2,7 +2,10 @@
 
 import keras
 
+from models.layers import activations
 from models.layers._utils import check_dropout, check_positive_ints, clone_initializer
+from models.layers.dropout import Dropout
+from models.layers.layer_normalization import LayerNormalization
 from models.layers.masking import merge_padding_and_attention_mask
 from models.layers.multi_head_attention import MultiHeadAttention
 
@@ -102,27 +105,30 @@ class TransformerEncoder(keras.layers.Layer):
             name="self_attention_layer",
         )
         self._self_attention_layer.build(inputs_shape, inputs_shape)
-        self._self_attention_layer_norm = keras.layers.LayerNormalization(
+        self._self_attention_layer_norm = LayerNormalization(
             epsilon=self.layer_norm_epsilon,
             dtype=self.dtype_policy,
             name="self_attention_layer_norm",
         )
         self._self_attention_layer_norm.build(inputs_shape)
-        self._self_attention_dropout = keras.layers.Dropout(
+        self._self_attention_dropout = Dropout(
             rate=self.dropout,
             dtype=self.dtype_policy,
             name="self_attention_dropout",
         )
 
-        self._feedforward_layer_norm = keras.layers.LayerNormalization(
+        self._feedforward_layer_norm = LayerNormalization(
             epsilon=self.layer_norm_epsilon,
             dtype=self.dtype_policy,
             name="feedforward_layer_norm",
         )
         self._feedforward_layer_norm.build(inputs_shape)
+        # Exact GELU runs outside the Dense layer, so that training can use
+        # its cheaper hand-written gradient (models/layers/activations.py).
+        self._fused_gelu = self.activation is keras.activations.gelu
         self._feedforward_intermediate_dense = keras.layers.Dense(
             self.intermediate_dim,
-            activation=self.activation,
+            activation=None if self._fused_gelu else self.activation,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             dtype=self.dtype_policy,
             name="feedforward_intermediate_dense",
@@ -135,7 +141,7 @@ class TransformerEncoder(keras.layers.Layer):
             name="feedforward_output_dense",
         )
         self._feedforward_output_dense.build(intermediate_shape)
-        self._feedforward_dropout = keras.layers.Dropout(
+        self._feedforward_dropout = Dropout(
             rate=self.dropout,
             dtype=self.dtype_policy,
             name="feedforward_dropout",
@@ -152,7 +158,7 @@ class TransformerEncoder(keras.layers.Layer):
         x = inputs  # (batch, seq, hidden_dim)
         residual = x
         if self.norm_first:
-            x = self._self_attention_layer_norm(x)
+            x = self._self_attention_layer_norm(x, training=training)
         x = self._self_attention_layer(
             query=x,
             value=x,
@@ -162,18 +168,20 @@ class TransformerEncoder(keras.layers.Layer):
         x = self._self_attention_dropout(x, training=training)
         x = x + residual
         if not self.norm_first:
-            x = self._self_attention_layer_norm(x)
+            x = self._self_attention_layer_norm(x, training=training)
 
         # Feed-forward block.
         residual = x
         if self.norm_first:
-            x = self._feedforward_layer_norm(x)
+            x = self._feedforward_layer_norm(x, training=training)
         x = self._feedforward_intermediate_dense(x)  # (batch, seq, intermediate)
+        if self._fused_gelu:
+            x = activations.gelu(x, training=training)
         x = self._feedforward_output_dense(x)  # (batch, seq, hidden_dim)
         x = self._feedforward_dropout(x, training=training)
         x = x + residual
         if not self.norm_first:
-            x = self._feedforward_layer_norm(x)
+            x = self._feedforward_layer_norm(x, training=training)
         return x
 
     def compute_output_shape(self, inputs_shape):
