@@ -1235,7 +1235,13 @@ def write_markdown(path: str, r: dict, summary_text: str) -> None:
         "by `pipeline.train.build_model`, trained with `pipeline.train.make_train_step` "
         "under the default strategy from a tf.data iterator, optimizer "
         f"{t['ours_model']['optimizer']}. XLA (`jit_compile`) covers forward + backward, "
-        "not the optimizer update.",
+        "not the optimizer update. Its layers replace three Keras ops in training "
+        "only, with the same functions and weights (tests/models/test_fast_training_ops.py): "
+        "`models.layers.Dropout` (a 16-bit random draw per element instead of a float), "
+        "`models.layers.LayerNormalization` and `models.layers.activations.gelu` (gradients "
+        "written out instead of autodiff through the moments and `Erfc`); the attention "
+        "projections run as 2-D matmuls instead of broadcast batch matmuls. The reference "
+        "runs Keras' own Dropout, LayerNormalization and GELU.",
         f"- **reference**: {t['reference_model']['layers']} "
         f"({t['reference_model']['parameters']:,} parameters), encoder settings "
         f"{t['reference_model']['encoder_settings']}, compiled with Adam and sparse "
