@@ -1239,7 +1239,8 @@ def write_markdown(path: str, r: dict, summary_text: str) -> None:
         "only, with the same functions and weights (tests/models/test_fast_training_ops.py): "
         "`models.layers.Dropout` (a 16-bit random draw per element instead of a float), "
         "`models.layers.LayerNormalization` and `models.layers.activations.gelu` (gradients "
-        "written out instead of autodiff through the moments and `Erfc`); the attention "
+        "written out instead of autodiff through the moments and `Erfc`; the GELU's forward "
+        "and backward each one fused XLA kernel, the matmuls staying on oneDNN); the attention "
         "projections run as 2-D matmuls instead of broadcast batch matmuls. The reference "
         "runs Keras' own Dropout, LayerNormalization and GELU.",
         f"- **reference**: {t['reference_model']['layers']} "
