@@ -1,4 +1,4 @@
-"""Dropout whose random mask costs a quarter of `keras.layers.Dropout`'s."""
+"""Dropout whose random mask needs half the random bits of `keras.layers.Dropout`'s."""
 
 import keras
 import tensorflow as tf
@@ -15,8 +15,8 @@ class Dropout(keras.layers.Layer):
 
     In training, each element is zeroed with probability `rate` and the others
     are scaled by `1 / (1 - rate)`; at inference the layer is the identity. It
-    is a drop-in for `keras.layers.Dropout` (same arguments for the common
-    case, same `seed_generator` attribute, so checkpoints are interchangeable).
+    is a drop-in for `keras.layers.Dropout` (the same `rate` and `seed`
+    arguments and `seed_generator` attribute; no `noise_shape`).
 
     Why it exists: `keras.layers.Dropout` (through
     `tf.nn.experimental.stateless_dropout`) draws one uniform float per
