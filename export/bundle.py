@@ -1,38 +1,43 @@
-"""Edge bundle: model.tflite + spm.model + labels.txt + manifest.json.
+"""Edge bundle: model.tflite + the task's files + manifest.json.
 
-The manifest holds what the app needs to tokenize and read the model, and the
-sha256 of every file; the app refuses a bundle whose files do not match.
-The bundle is assembled under a temporary name and swapped in when complete, in
-one atomic step (export.saved_model.replace_dir): a kill at any moment leaves
-the previous bundle or the new one, complete.
+The manifest names the task (the edge app picks its runner by it), every
+TFLite signature's tensors (name, dtype, shape, quantization), the task's own
+keys (for text classification: tokenizer, labels, max_sequence_length, ...)
+and the sha256 of every file; the app refuses a bundle whose files do not
+match. The bundle is assembled under a temporary name and swapped in when
+complete, in one atomic step (pipeline.files.replace_dir): a kill at any
+moment leaves the previous bundle or the new one, complete.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 
-from export.saved_model import remove_stale_temps, replace_dir
-from export.tflite import INPUT_NAME, OUTPUT_NAME, tensor_details
-from pipeline.tokenizer import PAD_ID, max_text_bytes
+from export.tflite import signature_details
+from pipeline.files import remove_stale_temps, replace_dir, sha256
 
-PIPELINE_VERSION = "0.1.0"
+PIPELINE_VERSION = "0.2.0"
+MODEL_FILE = "model.tflite"
 
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+__all__ = ["MODEL_FILE", "PIPELINE_VERSION", "sha256", "write_bundle"]
 
 
-def write_bundle(bundle_dir: str, tflite_path: str, tokenizer_path: str,
-                 label_names: list[str], max_sequence_length: int, variant: str,
-                 extra: dict | None = None, log=print) -> str:
+def write_bundle(bundle_dir: str, tflite_path: str, task: str,
+                 files: dict[str, str] | None = None, manifest: dict | None = None,
+                 variant: str = "", extra: dict | None = None, log=print) -> str:
+    """Writes the bundle; returns its directory.
+
+    Args:
+        tflite_path: the variant copied to model.tflite.
+        task: the task name the edge app dispatches on.
+        files: bundle file name -> source path (tokenizers, labels).
+        manifest: the task's manifest keys (its export module's
+            `bundle_manifest()`).
+        extra: further manifest keys (the variant choice, metrics).
+    """
     parent = os.path.dirname(os.path.abspath(bundle_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".bundle-tmp-{os.getpid()}")
@@ -41,29 +46,24 @@ def write_bundle(bundle_dir: str, tflite_path: str, tokenizer_path: str,
     for pattern in (r"\.bundle-tmp-(\d+)", name + r"\.old-(\d+)"):  # a killed export's
         remove_stale_temps(parent, pattern)
     os.makedirs(tmp)
-    shutil.copy(tflite_path, os.path.join(tmp, "model.tflite"))
-    shutil.copy(tokenizer_path, os.path.join(tmp, "spm.model"))
-    with open(os.path.join(tmp, "labels.txt"), "w", encoding="utf-8") as f:
-        f.write("".join(f"{n}\n" for n in label_names))
-    files = ("model.tflite", "spm.model", "labels.txt")
-    manifest = {
-        "format_version": 1,
-        "task": "text_classification",
-        "model": "model.tflite", "tokenizer": "spm.model", "labels": "labels.txt",
-        "max_sequence_length": max_sequence_length,
-        "max_text_bytes": max_text_bytes(max_sequence_length),
-        "pad_id": PAD_ID,
-        "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+    shutil.copy(tflite_path, os.path.join(tmp, MODEL_FILE))
+    files = dict(files or {})
+    for file_name, source in files.items():
+        shutil.copy(source, os.path.join(tmp, file_name))
+    signatures = signature_details(os.path.join(tmp, MODEL_FILE))
+    content = {"format_version": 1, "task": task, "model": MODEL_FILE}
+    content.update(manifest or {})
+    content.update({
         "variant": variant,
-        # name, dtype, shape and quantization {scale, zero_point} of the
-        # signature's input and output (scale 0 = not quantized)
-        "tensors": tensor_details(os.path.join(tmp, "model.tflite")),
+        # every signature's inputs and outputs: name, dtype, shape and
+        # quantization {scale, zero_point} (scale 0 = not quantized)
+        "signatures": signatures,
         "pipeline_version": PIPELINE_VERSION,
-        "files": {name: sha256(os.path.join(tmp, name)) for name in files},
-    }
-    manifest.update(extra or {})
+        "files": {n: sha256(os.path.join(tmp, n)) for n in (MODEL_FILE, *files)},
+    })
+    content.update(extra or {})
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=2)
+        json.dump(content, f, indent=2)
     replace_dir(tmp, bundle_dir)
-    log(f"[export] edge bundle {bundle_dir} ({variant})")
+    log(f"[export] edge bundle {bundle_dir} ({task}, {variant})")
     return bundle_dir

@@ -59,8 +59,10 @@ class QuantizationRecipe:
     """How the integer variants are calibrated and quantized.
 
     Args:
-        calibration_ids: int32 (examples, max_sequence_length) token ids of the
-            train split, fed one by one to the calibrator.
+        calibration_inputs: the signature's inputs from the train split, fed
+            one by one to the calibrator: a list of {input name: array of
+            batch 1}, or an int32 (examples, length) array of token ids (the
+            input `token_ids`).
         mask_fill_value: replaces the attention-mask fill constant (<= -1e4)
             of the float graph before calibration; 0 keeps the model's value.
         float_ops: TFLite op names kept in float in the int8 variant (the
@@ -69,24 +71,25 @@ class QuantizationRecipe:
         int8_output: "float32" (dequantized probabilities) or "int8".
     """
 
-    calibration_ids: np.ndarray | None = None
+    calibration_inputs: list[dict] | np.ndarray | None = None
     mask_fill_value: float = -20.0
     float_ops: list[str] = field(default_factory=list)
     per_channel: bool = True
     int8_output: str = "float32"
 
     def dataset(self, as_dict: bool = False) -> Callable[[], Iterable]:
-        ids = self.calibration_ids
-        if ids is None or len(ids) == 0:
+        inputs = self.calibration_inputs
+        if inputs is None or len(inputs) == 0:
             raise QuantizationError(
-                "int8/int16x8 need calibration token ids (export."
+                "int8/int16x8 need calibration inputs (export."
                 "int8_calibration_examples > 0 and a non-empty train split)")
-        ids = np.asarray(ids, dtype=np.int32)
+        if isinstance(inputs, np.ndarray):
+            ids = np.asarray(inputs, dtype=np.int32)
+            inputs = [{"token_ids": ids[i:i + 1]} for i in range(len(ids))]
 
         def gen():
-            for i in range(len(ids)):
-                x = ids[i:i + 1]
-                yield {"token_ids": x} if as_dict else [x]
+            for example in inputs:
+                yield dict(example) if as_dict else list(example.values())
         return gen
 
 
@@ -231,14 +234,15 @@ def split_squared_difference(model_bytes: bytes) -> tuple[bytes, int]:
 # ------------------------------------------------------------------- recipes
 
 
-def _converter(saved_model_dir: str, signature: str):
+def _converter(saved_model_dir: str, signatures):
+    """The converter of `signatures` (a name or a list of names)."""
     import tensorflow as tf
 
-    return tf.lite.TFLiteConverter.from_saved_model(saved_model_dir,
-                                                    signature_keys=[signature])
+    keys = [signatures] if isinstance(signatures, str) else list(signatures)
+    return tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=keys)
 
 
-def float16(saved_model_dir: str, signature: str) -> bytes:
+def float16(saved_model_dir: str, signature) -> bytes:
     import tensorflow as tf
 
     converter = _converter(saved_model_dir, signature)
@@ -247,7 +251,7 @@ def float16(saved_model_dir: str, signature: str) -> bytes:
     return converter.convert()
 
 
-def dynamic_range(saved_model_dir: str, signature: str) -> bytes:
+def dynamic_range(saved_model_dir: str, signature) -> bytes:
     import tensorflow as tf
 
     converter = _converter(saved_model_dir, signature)

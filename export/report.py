@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 
+from pipeline.files import atomic_path, write_atomic
+
 REPORT_JSON, REPORT_MD, REPORT_PNG = "quantization.json", "report.md", "quantization.png"
 _EPS = 1e-9  # accuracies are ratios of counts; compare with a hair of slack
 
@@ -26,64 +28,88 @@ def _latency(result: dict, threads: int) -> float:
     return float(result["latency_batch1"][f"threads_{threads}"]["median_ms"])
 
 
-def choose_variant(results: dict[str, dict], gate_points: float = 0.5) -> tuple[str, str]:
+def _shown(value: float, scale: float) -> str:
+    return f"{100 * value:.2f}%" if scale == 100 else f"{value:.4g}"
+
+
+def _within(value: float, reference: float, gate_points: float, direction: str,
+            scale: float) -> bool:
+    """`value` at most `gate_points` (in units of 1/scale) worse than reference."""
+    worse = (reference - value) if direction == "max" else (value - reference)
+    return worse * scale <= gate_points + _EPS * scale
+
+
+def choose_variant(results: dict[str, dict], gate_points: float = 0.5,
+                   metric: str = "accuracy", direction: str = "max",
+                   scale: float = 100.0) -> tuple[str, str]:
     """(variant, reason): smallest, then fastest, variant within the gate.
 
     Args:
-        results: per variant at least "accuracy" (0..1), "size_bytes" and
+        results: per variant at least `metric`, "size_bytes" and
             "latency_batch1" {"threads_1": {"median_ms"}}; must hold float32.
-        gate_points: allowed accuracy loss against float32, in points (0.5 =
-            half a percentage point).
+        gate_points: allowed loss of `metric` against float32, in points (with
+            scale 100 and accuracy: 0.5 = half a percentage point).
+        metric, direction: the task's metric and whether larger ("max") or
+            smaller ("min") is better.
+        scale: points per unit of the metric.
     """
     if gate_points < 0:
         raise ValueError(f"export.accuracy_gate_points must be >= 0, got {gate_points}")
     if "float32" not in results:
-        raise ValueError("the accuracy gate compares with float32, which is not among "
+        raise ValueError(f"the {metric} gate compares with float32, which is not among "
                          f"the evaluated variants {sorted(results)}")
-    reference = results["float32"]["accuracy"]
-    floor = reference - gate_points / 100.0
-    within = [v for v, r in results.items() if r["accuracy"] >= floor - _EPS]
+    if direction not in ("max", "min"):
+        raise ValueError(f"direction must be 'max' or 'min', got {direction!r}")
+    reference = results["float32"][metric]
+    floor = reference - gate_points / scale if direction == "max" else \
+        reference + gate_points / scale
+    bound = ">=" if direction == "max" else "<="
+    within = [v for v, r in results.items()
+              if _within(r[metric], reference, gate_points, direction, scale)]
     outside = [v for v in results if v not in within]
     chosen = min(within, key=lambda v: (results[v]["size_bytes"], _latency(results[v], 1)))
     r = results[chosen]
     ruled_out = "; ".join(
-        f"{v} {100 * results[v]['accuracy']:.2f}% "
-        f"({100 * (results[v]['accuracy'] - reference):+.2f} points)" for v in outside)
+        f"{v} {_shown(results[v][metric], scale)} "
+        f"({scale * (results[v][metric] - reference):+.2f} points)" for v in outside)
     if chosen == "float32" and len(results) > 1:
-        why = (f"float32: no quantized variant is within {gate_points:g} accuracy points "
-               f"of float32 ({100 * reference:.2f}%, gate >= {100 * floor:.2f}%)")
+        why = (f"float32: no quantized variant is within {gate_points:g} {metric} points "
+               f"of float32 ({_shown(reference, scale)}, gate {bound} "
+               f"{_shown(floor, scale)})")
     else:
         why = (f"{chosen}: smallest ({r['size_bytes'] / 1e6:.2f} MB), then fastest "
                f"({_latency(r, 1):.3f} ms batch-1, 1 thread), of the variants within "
-               f"{gate_points:g} accuracy points of float32 ({100 * r['accuracy']:.2f}% "
-               f"vs {100 * reference:.2f}%, gate >= {100 * floor:.2f}%)")
+               f"{gate_points:g} {metric} points of float32 ({_shown(r[metric], scale)} "
+               f"vs {_shown(reference, scale)}, gate {bound} {_shown(floor, scale)})")
     if ruled_out:
         why += f"; outside the gate: {ruled_out}"
     return chosen, why
 
 
 def summarize(results: dict[str, dict], chosen: str, reason: str, gate_points: float,
-              failures: dict[str, str] | None = None, extra: dict | None = None) -> dict:
+              failures: dict[str, str] | None = None, extra: dict | None = None,
+              metric: str = "accuracy", direction: str = "max",
+              scale: float = 100.0) -> dict:
     """The content of quantization.json."""
-    reference = results["float32"]["accuracy"]
-    floor = reference - gate_points / 100.0
+    reference = results["float32"][metric]
     variants = {}
     for v, r in results.items():
         variants[v] = {
             "file": os.path.basename(r.get("path", f"{v}.tflite")),
-            "accuracy": r["accuracy"],
-            "accuracy_delta_points": round(100 * (r["accuracy"] - reference), 4),
+            metric: r[metric],
+            f"{metric}_delta_points": round(scale * (r[metric] - reference), 4),
             "agreement_with_keras": r.get("agreement_with_keras"),
             "size_bytes": r["size_bytes"],
             "latency_ms_batch1_1_thread": _latency(r, 1),
             "latency_ms_batch1_2_threads": _latency(r, 2),
             "latency_runs": r["latency_batch1"]["threads_1"].get("runs"),
             "examples": r.get("examples"),
-            "within_gate": r["accuracy"] >= floor - _EPS,
+            "within_gate": _within(r[metric], reference, gate_points, direction, scale),
         }
     summary = {
+        "metric": metric, "direction": direction, "scale": scale,
         "accuracy_gate_points": gate_points,
-        "float32_accuracy": reference,
+        f"float32_{metric}": reference,
         "chosen": chosen,
         "reason": reason,
         "variants": variants,
@@ -95,14 +121,15 @@ def summarize(results: dict[str, dict], chosen: str, reason: str, gate_points: f
 
 def format_table(summary: dict) -> str:
     """Markdown table of every variant, the chosen one marked."""
-    lines = ["| variant | accuracy | vs float32 | agreement | size (MB) | "
+    metric, scale = summary.get("metric", "accuracy"), summary.get("scale", 100.0)
+    lines = [f"| variant | {metric} | vs float32 | agreement | size (MB) | "
              "batch-1 ms, 1 thread | batch-1 ms, 2 threads | within gate |",
              "|---|---:|---:|---:|---:|---:|---:|:---:|"]
     for v, r in summary["variants"].items():
         name = f"**{v}** (chosen)" if v == summary["chosen"] else v
         agreement = r["agreement_with_keras"]
         lines.append(
-            f"| {name} | {100 * r['accuracy']:.2f}% | {r['accuracy_delta_points']:+.2f} | "
+            f"| {name} | {_shown(r[metric], scale)} | {r[f'{metric}_delta_points']:+.2f} | "
             + (f"{100 * agreement:.2f}% | " if agreement is not None else "- | ")
             + f"{r['size_bytes'] / 1e6:.2f} | {r['latency_ms_batch1_1_thread']:.3f} | "
             f"{r['latency_ms_batch1_2_threads']:.3f} | "
@@ -134,22 +161,21 @@ def plot(summary: dict, path: str, title: str = "") -> str:
         axes.scatter([x], [y], s=90 if chosen else 45, marker="*" if chosen else "o",
                      color="tab:red" if chosen else ("tab:blue" if r["within_gate"]
                                                      else "tab:gray"), zorder=3)
-        axes.annotate(f"{v}\n{100 * r['accuracy']:.2f}%" + (" (chosen)" if chosen else ""),
+        value = _shown(r[summary.get("metric", "accuracy")], summary.get("scale", 100.0))
+        axes.annotate(f"{v}\n{value}" + (" (chosen)" if chosen else ""),
                       (x, y), textcoords="offset points", fontsize=8,
                       xytext=(7, -24) if below(v) else (7, 5))
     axes.set_xlabel("file size (MB)")
     axes.set_ylabel("batch-1 latency, median (ms, 1 thread, log scale)")
     axes.set_yscale("log")
     axes.set_title(title or f"TFLite variants (gate: {summary['accuracy_gate_points']:g} "
-                   "accuracy points of float32)", fontsize=10)
+                   f"{summary.get('metric', 'accuracy')} points of float32)", fontsize=10)
     axes.grid(True, alpha=0.3)
     axes.margins(x=0.25, y=0.2)
     axes.set_xlim(left=0)
     figure.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    figure.savefig(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp)
     return path
 
 
@@ -159,7 +185,7 @@ def write_report(report_dir: str, summary: dict, title: str = "") -> dict[str, s
     paths = {"json": os.path.join(report_dir, REPORT_JSON),
              "markdown": os.path.join(report_dir, REPORT_MD),
              "png": os.path.join(report_dir, REPORT_PNG)}
-    _write_text(paths["json"], json.dumps(summary, indent=2) + "\n")
+    write_atomic(paths["json"], json.dumps(summary, indent=2) + "\n")
     runs = {r["latency_runs"] for r in summary["variants"].values()}
     recipe = summary.get("int8_recipe")
     md = [f"# {title or 'Quantization report'}", "",
@@ -172,7 +198,7 @@ def write_report(report_dir: str, summary: dict, title: str = "") -> dict[str, s
     if recipe:
         md += ["int8 / int16x8 recipe: " + ", ".join(f"{k}={v}" for k, v in recipe.items()),
                ""]
-    _write_text(paths["markdown"], "\n".join(md))
+    write_atomic(paths["markdown"], "\n".join(md))
     plot(summary, paths["png"], title)
     return paths
 
@@ -183,8 +209,4 @@ def _first(summary: dict, key: str):
     return None
 
 
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+

@@ -4,9 +4,9 @@ TF Serving replays every record of this TFRecord file (each a serialized
 `tensorflow.serving.PredictionLog`) through the model when it loads a version,
 before the version becomes AVAILABLE, so the first real requests do not pay for
 graph optimization and lazy kernel initialization. The records written here are
-PredictRequests on the `serving_default` signature built from real validation
-texts: one request per text at batch 1, and one request with all texts (the
-batch sizes clients send most).
+PredictRequests built by the task's export module from real validation
+examples; for text, one request per text at batch 1 and one with all texts
+(the batch sizes clients send most).
 
     python -m export.warmup <saved model dir> --texts_file texts.txt
 
@@ -28,42 +28,53 @@ def warmup_path(saved_model_dir: str) -> str:
     return os.path.join(saved_model_dir, "assets.extra", WARMUP_FILE)
 
 
-def build_warmup_logs(texts: list[str], model_name: str,
-                      signature_name: str = "serving_default",
-                      input_key: str = "text") -> list:
-    """PredictionLogs with PredictRequests: each text alone, then all of them."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+def text_requests(texts: list[str], signature_name: str = "serving_default",
+                  input_key: str = "text") -> list[tuple[str, dict]]:
+    """Warm-up requests of a string signature: each text alone, then all."""
+    import numpy as np
 
+    texts = [str(t) for t in texts]
     if not texts:
         raise ValueError("warm-up needs at least one text, got an empty list")
     batches = [[t] for t in texts] + ([list(texts)] if len(texts) > 1 else [])
-    if len(batches) > MAX_WARMUP_RECORDS:
-        raise ValueError(f"{len(batches)} warm-up records; TF Serving reads at most "
-                         f"{MAX_WARMUP_RECORDS}: pass fewer texts")
+    return [(signature_name, {input_key: np.array([t.encode("utf-8") for t in batch],
+                                                  dtype=object)})
+            for batch in batches]
+
+
+def build_warmup_logs(requests: list[tuple[str, dict]], model_name: str) -> list:
+    """PredictionLogs with one PredictRequest per (signature name, {input name:
+    numpy array}) of `requests`."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    if not requests:
+        raise ValueError("warm-up needs at least one request, got an empty list")
+    if len(requests) > MAX_WARMUP_RECORDS:
+        raise ValueError(f"{len(requests)} warm-up records; TF Serving reads at most "
+                         f"{MAX_WARMUP_RECORDS}: pass fewer")
     logs = []
-    for batch in batches:
+    for signature_name, inputs in requests:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = model_name
         request.model_spec.signature_name = signature_name
-        request.inputs[input_key].CopyFrom(tf.make_tensor_proto(
-            [t.encode("utf-8") for t in batch], dtype=tf.string, shape=[len(batch)]))
+        for key, value in inputs.items():
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
         logs.append(prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request)))
     return logs
 
 
-def write_warmup_requests(saved_model_dir: str, texts: list[str], model_name: str,
-                          signature_name: str = "serving_default",
-                          input_key: str = "text") -> str:
+def write_warmup_requests(saved_model_dir: str, requests: list[tuple[str, dict]],
+                          model_name: str) -> str:
     """Writes assets.extra/tf_serving_warmup_requests; returns its path."""
     import tensorflow as tf
 
-    texts = [str(t) for t in texts]
-    logs = build_warmup_logs(texts, model_name, signature_name, input_key)
+    from pipeline.files import atomic_path
+
+    logs = build_warmup_logs(requests, model_name)
     path = warmup_path(saved_model_dir)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with tf.io.TFRecordWriter(path) as writer:
+    with atomic_path(path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
         for log in logs:
             writer.write(log.SerializeToString())
     return path
@@ -100,7 +111,8 @@ def main(argv=None) -> int:
         return 2
     with open(args.texts_file, encoding="utf-8") as f:
         texts = [line.rstrip("\n") for line in f if line.strip()][:args.max_texts]
-    path = write_warmup_requests(args.saved_model_dir, texts, args.model_name)
+    path = write_warmup_requests(args.saved_model_dir, text_requests(texts),
+                                 args.model_name)
     print(f"wrote {path} ({len(texts)} texts)")
     return 0
 

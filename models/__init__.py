@@ -8,5 +8,6 @@ loads without `custom_objects`.
 from models import layers
 from models.masked_lm import MaskedLanguageModel
 from models.text_classifier import TextClassifier
+from models.transformer_encoder_backbone import TransformerEncoderBackbone
 
-__all__ = ["MaskedLanguageModel", "TextClassifier", "layers"]
+__all__ = ["MaskedLanguageModel", "TextClassifier", "TransformerEncoderBackbone", "layers"]

@@ -1,21 +1,20 @@
-"""Masked-language-model pre-training of a TextClassifier's encoder."""
+"""Masked-language-model pre-training of an encoder backbone."""
 
 import keras
 
 from models.layers.masked_lm_head import MaskedLMHead
-from models.text_classifier import TextClassifier
+from models.transformer_encoder_backbone import TransformerEncoderBackbone
 
 
 class MaskedLanguageModel(keras.Model):
-    """BERT-style masked-LM on top of a `TextClassifier`'s encoder.
+    """BERT-style masked-LM head on a `TransformerEncoderBackbone`.
 
-    The encoder is the classifier's own (`encoder.encode`), so pre-training
-    trains exactly the weights fine-tuning starts from; the classifier head is
-    frozen and unused here. The output head (`MaskedLMHead`) ties its
-    projection to the encoder's token embedding.
+    The backbone is the one fine-tuning starts from (a `TextClassifier` of the
+    same shape loads its weights). The output head (`MaskedLMHead`) ties its
+    projection to the backbone's token embedding.
 
     Args:
-        encoder: a `TextClassifier` whose encoder is pre-trained.
+        backbone: the `TransformerEncoderBackbone` to pre-train.
         **kwargs: other keyword arguments passed to `keras.Model`.
 
     Call arguments:
@@ -29,36 +28,37 @@ class MaskedLanguageModel(keras.Model):
 
     Example:
     ```python
-    encoder = TextClassifier(vocabulary_size=100, num_classes=2, hidden_dim=16,
-                             intermediate_dim=32, num_heads=2, num_layers=1)
-    mlm = MaskedLanguageModel(encoder)
+    backbone = TransformerEncoderBackbone(vocabulary_size=100, hidden_dim=16,
+                                          intermediate_dim=32, num_heads=2,
+                                          num_layers=1)
+    mlm = MaskedLanguageModel(backbone)
     logits = mlm({"token_ids": np.array([[5, 4, 7, 0]], "int32"),
                   "padding_mask": np.array([[1, 1, 1, 0]], bool),
                   "mask_positions": np.array([[1]], "int32")})  # (1, 1, 100)
     ```
     """
 
-    def __init__(self, encoder, **kwargs):
+    def __init__(self, backbone, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(encoder, TextClassifier):
+        if not isinstance(backbone, TransformerEncoderBackbone):
             raise ValueError(
-                f"`encoder` must be a `TextClassifier`. Received: encoder={encoder!r}"
+                "`backbone` must be a `TransformerEncoderBackbone`. "
+                f"Received: backbone={backbone!r}"
             )
-        self.encoder = encoder
-        self.encoder.classifier_head.trainable = False
+        self.backbone = backbone
         self.mlm_head = MaskedLMHead(
-            token_embedding=encoder.embedding.token_embedding,
-            dtype=encoder.dtype_policy, name="mlm_head",
+            token_embedding=backbone.embedding.token_embedding,
+            dtype=backbone.dtype_policy, name="mlm_head",
         )
 
     def build(self, input_shape):
         token_ids_shape = tuple(input_shape["token_ids"])
-        if not self.encoder.built:
-            self.encoder.build({"token_ids": token_ids_shape})
-        self.mlm_head.build(token_ids_shape + (self.encoder.hidden_dim,),
+        if not self.backbone.built:
+            self.backbone.build(token_ids_shape)
+        self.mlm_head.build(token_ids_shape + (self.backbone.hidden_dim,),
                             tuple(input_shape["mask_positions"]))
         self.built = True
 
     def call(self, inputs, training=None):
-        x = self.encoder.encode(inputs, training=training)  # (batch, seq, hidden)
+        x = self.backbone(inputs, training=training)  # (batch, seq, hidden)
         return self.mlm_head(x, mask_positions=inputs["mask_positions"])

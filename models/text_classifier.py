@@ -5,28 +5,21 @@ from keras import ops
 
 from models.layers._utils import check_dropout, check_positive_ints
 from models.layers.dropout import Dropout
-from models.layers.layer_normalization import LayerNormalization
-from models.layers.token_and_position_embedding import TokenAndPositionEmbedding
-from models.layers.transformer_encoder import TransformerEncoder
+from models.transformer_encoder_backbone import TransformerEncoderBackbone
 
 _POOLING_MODES = ("mean", "first")
 
 
 @keras.saving.register_keras_serializable(package="transformer_pipeline")
 class TextClassifier(keras.Model):
-    """A Transformer encoder with a classification head.
+    """A Transformer encoder backbone with a classification head.
 
-    token ids -> `TokenAndPositionEmbedding` -> dropout -> `num_layers` x
-    `TransformerEncoder` -> final `LayerNormalization` (only when
-    `norm_first`, since pre-norm blocks leave their output unnormalized) ->
-    pooling -> dropout -> dense logits.
+    token ids -> `TransformerEncoderBackbone` (embeddings, `num_layers`
+    encoder blocks, final norm) -> pooling -> dropout -> dense logits.
 
-    The encoder is reachable for loading pre-trained weights:
-    `self.embedding` (with `self.embedding.token_embedding`),
-    `self.embeddings_dropout`, `self.encoder_layers` (a list of
-    `TransformerEncoder`), `self.final_layer_norm` (`None` when
-    `norm_first=False`); the head is `self.output_dropout` and
-    `self.classifier_head`.
+    The backbone is `self.backbone` (what pre-training trains and
+    `layer_groups()` splits for layer-wise learning rates); the head is
+    `self.output_dropout` and `self.classifier_head`.
 
     Building: sub-layers are created in `__init__` but have no weights until
     the model is built, either by calling it once on a dummy batch
@@ -127,33 +120,18 @@ class TextClassifier(keras.Model):
         self.norm_first = norm_first
         self.pooling = pooling
 
-        self.embedding = TokenAndPositionEmbedding(
+        self.backbone = TransformerEncoderBackbone(
             vocabulary_size=vocabulary_size,
             hidden_dim=hidden_dim,
+            intermediate_dim=intermediate_dim,
+            num_heads=num_heads,
+            num_layers=num_layers,
+            dropout=dropout,
             max_sequence_length=max_sequence_length,
+            norm_first=norm_first,
             dtype=self.dtype_policy,
-            name="embedding",
+            name="backbone",
         )
-        self.embeddings_dropout = Dropout(
-            dropout, dtype=self.dtype_policy, name="embeddings_dropout"
-        )
-        self.encoder_layers = [
-            TransformerEncoder(
-                intermediate_dim=intermediate_dim,
-                num_heads=num_heads,
-                dropout=dropout,
-                activation="gelu",
-                norm_first=norm_first,
-                dtype=self.dtype_policy,
-                name=f"transformer_layer_{i}",
-            )
-            for i in range(num_layers)
-        ]
-        self.final_layer_norm = None
-        if norm_first:
-            self.final_layer_norm = LayerNormalization(
-                epsilon=1e-5, dtype=self.dtype_policy, name="final_layer_norm"
-            )
         # The pooled vector and the head are float32 under every policy.
         self.output_dropout = Dropout(
             dropout, dtype="float32", name="output_dropout"
@@ -173,12 +151,7 @@ class TextClassifier(keras.Model):
             token_ids_shape = tuple(input_shape["token_ids"])
         else:
             token_ids_shape = tuple(input_shape)
-        sequence_shape = token_ids_shape + (self.hidden_dim,)
-        self.embedding.build(token_ids_shape)
-        for layer in self.encoder_layers:
-            layer.build(sequence_shape)
-        if self.final_layer_norm is not None:
-            self.final_layer_norm.build(sequence_shape)
+        self.backbone.build(token_ids_shape)
         self.classifier_head.build((token_ids_shape[0], self.hidden_dim))
         self.built = True
 
@@ -217,15 +190,7 @@ class TextClassifier(keras.Model):
         Returns:
             A tensor of shape `(batch, seq, hidden_dim)` in the compute dtype.
         """
-        token_ids = inputs["token_ids"]  # (batch, seq)
-        padding_mask = ops.cast(inputs["padding_mask"], "bool")  # (batch, seq)
-        x = self.embedding(token_ids)  # (batch, seq, hidden_dim)
-        x = self.embeddings_dropout(x, training=training)
-        for layer in self.encoder_layers:
-            x = layer(x, padding_mask=padding_mask, training=training)
-        if self.final_layer_norm is not None:
-            x = self.final_layer_norm(x, training=training)
-        return x
+        return self.backbone(inputs, training=training)
 
     def compute_output_shape(self, input_shape):
         if isinstance(input_shape, dict):

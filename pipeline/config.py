@@ -237,6 +237,9 @@ class ExportConfig:
 class ExperimentConfig:
     # Experiment name; the run's directory is <artifacts_root>/<name>.
     name: str = "text_classification"
+    # The task (pipeline/tasks/): "text_classification" or another registered
+    # task; each task validates the sections it reads.
+    task: str = "text_classification"
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -261,10 +264,6 @@ class ExperimentConfig:
                     "max_sequence_length"):
             _check(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "> 0")
         _check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "in [0, 1)")
-        _check(m.pooling in ("mean", "first"), "model.pooling", m.pooling,
-               "'mean' or 'first'")
-        _check(m.name == "text_classifier", "model.name", m.name,
-               "'text_classifier'")
         _check(self.tokenizer.vocabulary_size >= 16, "tokenizer.vocabulary_size",
                self.tokenizer.vocabulary_size, ">= 16")
         _check(self.tokenizer.model_type in ("unigram", "bpe"),
@@ -292,13 +291,6 @@ class ExperimentConfig:
                r.step_timeout_seconds, ">= 0")
         _check(r.precision in ("float32", "mixed_bfloat16"), "runtime.precision",
                r.precision, "'float32' or 'mixed_bfloat16'")
-        source_ok = d.source in ("wordnet_topics", "csv", "jsonl") or (
-            d.source.startswith("tfds:") and len(d.source) > 5)
-        _check(source_ok, "data.source", d.source,
-               "'wordnet_topics', 'csv', 'jsonl' or 'tfds:<name>'")
-        if d.source in ("csv", "jsonl"):
-            _check(bool(d.train_path), "data.train_path", d.train_path,
-                   f"a file path when data.source is '{d.source}'")
         for variant in e.tflite_variants:
             _check(variant in TFLITE_VARIANTS, "export.tflite_variants", variant,
                    "each one of " + ", ".join(map(repr, TFLITE_VARIANTS)))
@@ -327,44 +319,28 @@ class ExperimentConfig:
                "train.encoder_learning_rate_multiplier",
                t.encoder_learning_rate_multiplier, ">= 0")
         _check(0 < t.layer_decay <= 1, "train.layer_decay", t.layer_decay, "in (0, 1]")
-        p = self.pretrain
-        if p.enabled:
-            _check(bool(p.corpora), "pretrain.corpora", p.corpora,
-                   "'wordnet' and/or text/CSV/JSONL file paths")
-            for split in p.exclude_splits:
-                _check(split in ("train", "validation", "test"), "pretrain.exclude_splits",
-                       split, "each one of 'train', 'validation', 'test'")
-            _check("test" in p.exclude_splits, "pretrain.exclude_splits",
-                   p.exclude_splits, "a list that holds 'test' (no test text in "
-                   "pre-training)")
-            _check(d.source == "wordnet_topics" or "wordnet" not in p.corpora,
-                   "pretrain.corpora", p.corpora,
-                   "no 'wordnet' unless data.source is 'wordnet_topics' (the split "
-                   "exclusion needs the task's synset split)")
-            _check(p.steps > 0, "pretrain.steps", p.steps, "> 0")
-            _check(p.global_batch_size > 0, "pretrain.global_batch_size",
-                   p.global_batch_size, "> 0")
-            _check(p.learning_rate > 0, "pretrain.learning_rate", p.learning_rate, "> 0")
-            _check(0.0 <= p.warmup_fraction < 1.0, "pretrain.warmup_fraction",
-                   p.warmup_fraction, "in [0, 1)")
-            _check(0.0 < p.mask_rate < 1.0, "pretrain.mask_rate", p.mask_rate, "in (0, 1)")
-            _check(p.max_predictions > 0, "pretrain.max_predictions",
-                   p.max_predictions, "> 0")
-            _check(p.checkpoint_every_steps > 0, "pretrain.checkpoint_every_steps",
-                   p.checkpoint_every_steps, "> 0")
-            _check(p.log_every_steps > 0, "pretrain.log_every_steps",
-                   p.log_every_steps, "> 0")
+        from pipeline.tasks import get_task_class
+
+        try:
+            task = get_task_class(self.task)
+        except KeyError as err:
+            raise ConfigError(f"config key 'task' = {_shown(self.task)}: "
+                              f"{err.args[0]}") from None
+        task.validate_config(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def save(self, path: str) -> None:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
-        os.replace(tmp, path)
+        from pipeline.files import write_atomic
+
+        write_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def check(ok: bool, key: str, value: Any, expected: str) -> None:
+    """Raises ConfigError naming `key` when `ok` is false (tasks use it too)."""
+    _check(ok, key, value, expected)
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:

@@ -25,21 +25,32 @@ def bucket_boundaries(max_sequence_length: int) -> list[int]:
     return lengths + [max_sequence_length]
 
 
-def tokenize_examples(dataset: tf.data.Dataset, tokenizer: InGraphTokenizer
-                      ) -> tf.data.Dataset:
-    """{"text", "label"} -> {"token_ids": (None,) int32 unpadded, "label"}."""
-    def tokenize(batch):
-        ragged = tokenizer.ragged(batch["text"])
-        return {"token_ids": ragged.to_tensor(default_value=PAD_ID),
-                "length": tf.cast(ragged.row_lengths(), tf.int32),
-                "label": batch["label"]}
+def tokenize(tokenizer: InGraphTokenizer, examples: dict) -> dict:
+    """A batch of raw examples to token ids: a pure dict -> dict tf function.
 
+    {"text": (batch,) string, other keys} -> {"token_ids": (batch, longest)
+    int32 right-padded with PAD_ID, "length": (batch,) int32, other keys as
+    they are}.
+    """
+    ragged = tokenizer.ragged(examples["text"])
+    features = {k: v for k, v in examples.items() if k != "text"}
+    features.update({"token_ids": ragged.to_tensor(default_value=PAD_ID),
+                     "length": tf.cast(ragged.row_lengths(), tf.int32)})
+    return features
+
+
+def tokenize_examples(dataset: tf.data.Dataset, preprocess) -> tf.data.Dataset:
+    """{"text", "label"} -> {"token_ids": (None,) int32 unpadded, "label"}.
+
+    `preprocess` is the task's batch function (`tokenize` with its tokenizer).
+    """
     def trim(example):
         return {"token_ids": example["token_ids"][: example["length"]],
                 "label": example["label"]}
 
     return (dataset.batch(TOKENIZE_BATCH)
-            .map(tokenize, num_parallel_calls=AUTOTUNE, deterministic=True)
+            .map(preprocess,
+                 num_parallel_calls=AUTOTUNE, deterministic=True)
             .unbatch()
             .map(trim, num_parallel_calls=AUTOTUNE, deterministic=True))
 
@@ -81,7 +92,7 @@ def batch_examples(dataset: tf.data.Dataset, batch_size: int, max_sequence_lengt
     return dataset.map(add_padding_mask, num_parallel_calls=AUTOTUNE)
 
 
-def make_train_dataset(source: tf.data.Dataset, tokenizer: InGraphTokenizer,
+def make_train_dataset(source: tf.data.Dataset, preprocess,
                        cfg: ExperimentConfig, batch_size: int,
                        skip_batches: int = 0,
                        input_context: tf.distribute.InputContext | None = None
@@ -96,7 +107,7 @@ def make_train_dataset(source: tf.data.Dataset, tokenizer: InGraphTokenizer,
     if input_context is not None and input_context.num_input_pipelines > 1:
         dataset = dataset.shard(input_context.num_input_pipelines,
                                 input_context.input_pipeline_id)
-    dataset = tokenize_examples(dataset, tokenizer).cache()
+    dataset = tokenize_examples(dataset, preprocess).cache()
     dataset = dataset.shuffle(t.shuffle_buffer, seed=t.seed,
                               reshuffle_each_iteration=True).repeat()
     dataset = batch_examples(dataset, batch_size, cfg.model.max_sequence_length,
@@ -108,10 +119,10 @@ def make_train_dataset(source: tf.data.Dataset, tokenizer: InGraphTokenizer,
     return dataset.with_options(options).prefetch(AUTOTUNE)
 
 
-def make_eval_dataset(source: tf.data.Dataset, tokenizer: InGraphTokenizer,
+def make_eval_dataset(source: tf.data.Dataset, preprocess,
                       cfg: ExperimentConfig, batch_size: int) -> tf.data.Dataset:
     """Batches of the whole split in order, padded to the maximum length."""
-    dataset = tokenize_examples(source, tokenizer).cache()
+    dataset = tokenize_examples(source, preprocess).cache()
     dataset = batch_examples(dataset, batch_size, cfg.model.max_sequence_length,
                              bucket=False, drop_remainder=False)
     return dataset.prefetch(AUTOTUNE)

@@ -48,7 +48,7 @@ def _stream(process: subprocess.Popen, prefix: str) -> None:
 
 def launch(config: str, overrides: list[str], workers: int, command: str = "run",
            timeout: float = 0, grace_seconds: float | None = None) -> int:
-    from pipeline.cli import prepare
+    from pipeline.workflow import prepare
     from pipeline.config import load_config
 
     if workers < 1:

@@ -69,13 +69,13 @@ def write_hparams(writer, config: dict, trial_id: str,
     writer.flush()
 
 
-def write_model_graph(writer, model, max_sequence_length: int) -> None:
-    """Writes the op graph of one forward pass (batch 1) to `writer`."""
-    @tf.function(input_signature=[{
-        "token_ids": tf.TensorSpec([None, max_sequence_length], tf.int32,
-                                   name="token_ids"),
-        "padding_mask": tf.TensorSpec([None, max_sequence_length], tf.bool,
-                                      name="padding_mask")}])
+def write_model_graph(writer, model, input_signature: dict) -> None:
+    """Writes the op graph of one forward pass to `writer`.
+
+    Args:
+      input_signature: the model's input dict as `tf.TensorSpec`s.
+    """
+    @tf.function(input_signature=[input_signature])
     def forward(inputs):
         return model(inputs, training=False)
 

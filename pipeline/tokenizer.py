@@ -146,6 +146,19 @@ def max_text_bytes(max_sequence_length: int) -> int:
     return BYTES_PER_TOKEN * max_sequence_length
 
 
+_seed_generation = [0]
+
+
+def set_global_seed(seed: int) -> None:
+    """`keras.utils.set_random_seed`, noting that it cleared TF's kernel cache
+    (and with it the tokenizer ops' resources; InGraphTokenizer re-creates
+    them)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    _seed_generation[0] += 1
+
+
 class InGraphTokenizer:
     """tensorflow-text SentencePiece tokenization to fixed-length int32 ids.
 
@@ -162,12 +175,28 @@ class InGraphTokenizer:
     """
 
     def __init__(self, model_bytes: bytes, max_sequence_length: int):
-        import tensorflow_text as tf_text
-
         self.max_sequence_length = max_sequence_length
         self.max_text_bytes = max_text_bytes(max_sequence_length)
-        self.tokenizer = tf_text.SentencepieceTokenizer(
-            model=model_bytes, out_type="int32")
+        self._model_bytes = model_bytes
+        self._tokenizer, self._generation = None, -1
+
+    @property
+    def tokenizer(self):
+        """The tensorflow-text op's tokenizer, created eagerly on first use.
+
+        Its resource belongs to TF's kernel cache, which `set_global_seed`
+        clears: the tokenizer is created again after a seed change, so a
+        tokenizer made before training still works after it.
+        """
+        import tensorflow as tf
+        import tensorflow_text as tf_text
+
+        if self._tokenizer is None or self._generation != _seed_generation[0]:
+            with tf.init_scope():
+                self._tokenizer = tf_text.SentencepieceTokenizer(
+                    model=self._model_bytes, out_type="int32")
+            self._generation = _seed_generation[0]
+        return self._tokenizer
 
     def ragged(self, texts):
         """(batch,) strings -> ragged (batch, None) int32 ids, truncated."""

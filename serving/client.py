@@ -4,6 +4,7 @@
         --model text_classifier "a small domesticated carnivorous mammal"
     python -m serving.client --protocol grpc --model text_classifier "a tree" "a boat"
     python -m serving.client --format inputs --texts_file texts.txt --json
+    python -m serving.client --signature tokenize "a tree"   # any signature's outputs
     python -m serving.client --status          # or --metadata
 
 From Python:
@@ -21,6 +22,11 @@ Every call has a timeout; 503 / UNAVAILABLE (server starting, model loading,
 connection refused) is retried with exponential backoff and jitter; inputs
 longer than `batch_size` are sent as several requests and the outputs joined.
 The REST path needs only `requests`; gRPC imports tensorflow-serving-api.
+
+The CLI prints one line per input: for a classifier's outputs (label and
+probabilities) the label, the top probability and the text; for any other
+signature each output as name=value (long lists cut, with their length), then
+the text. --json prints the outputs as returned.
 """
 
 from __future__ import annotations
@@ -95,6 +101,7 @@ class ServingClient:
         self._local = threading.local()
         self._channel = None
         self._lock = threading.Lock()
+        self._output_names: dict[str, str] = {}
 
     # ---------------------------------------------------------------- plumbing
     def _with_retries(self, call):
@@ -231,11 +238,29 @@ class ServingClient:
             predictions = body["predictions"]
             if predictions and isinstance(predictions[0], dict):
                 return Prediction({k: [p[k] for p in predictions] for k in predictions[0]})
-            return Prediction({"output": predictions})
+            return Prediction({self._single_output_name(): predictions})
         body = self._rest("POST", url, {"signature_name": self.signature,
                                         "inputs": {self.input_key: texts}})
         outputs = body["outputs"]
-        return Prediction(outputs if isinstance(outputs, dict) else {"output": outputs})
+        return Prediction(outputs if isinstance(outputs, dict)
+                          else {self._single_output_name(): outputs})
+
+    def _single_output_name(self) -> str:
+        """The name of the signature's only output. TF Serving's REST API leaves it out
+        of the response when a signature has one output; the metadata has it. "output"
+        when the metadata does not tell (asked once per signature)."""
+        if self.signature not in self._output_names:
+            name = "output"
+            try:
+                signatures = self.metadata("rest")["metadata"]["signature_def"][
+                    "signature_def"]
+                outputs = list(signatures[self.signature]["outputs"])
+                if len(outputs) == 1:
+                    name = outputs[0]
+            except (ServingError, KeyError, TypeError):
+                pass
+            self._output_names[self.signature] = name
+        return self._output_names[self.signature]
 
     def _predict_grpc(self, texts: list[str]) -> Prediction:
         import tensorflow as tf
@@ -322,12 +347,39 @@ def _decode(value):
     return value
 
 
+def short_value(value, max_items: int = 8, max_chars: int = 40) -> str:
+    """A value of one output row, compact: floats to 4 significant digits, lists cut after
+    max_items (the total count shown), strings after max_chars characters."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, str):
+        return value if len(value) <= max_chars else value[:max_chars - 3] + "..."
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(short_value(v, max_items, max_chars) for v in value[:max_items])
+        more = f", ... {len(value)} values" if len(value) > max_items else ""
+        return f"[{shown}{more}]"
+    return json.dumps(value)
+
+
+def format_row(text: str, row: dict) -> str:
+    """One printed line for one input: a classifier's label and top probability, else every
+    output as name=value; the text (cut to 70 characters) last."""
+    shown = text if len(text) <= 70 else text[:67] + "..."
+    probabilities = row.get("probabilities")
+    if "label" in row and isinstance(probabilities, list) and probabilities \
+            and all(isinstance(p, (int, float)) for p in probabilities):
+        return f"{row['label']:<24} {max(probabilities):.3f}  {shown}"
+    fields = "  ".join(f"{name}={short_value(value)}" for name, value in row.items())
+    return f"{fields}  {shown}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m serving.client",
-        description="Classify texts with a TF Serving model server (REST or gRPC).",
+        description="Send texts to a signature of a TF Serving model server (REST or gRPC) "
+                    "and print its outputs.",
         epilog=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("texts", nargs="*", help="texts to classify")
+    parser.add_argument("texts", nargs="*", help="input texts")
     parser.add_argument("--texts_file", help="UTF-8 file, one text a line")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--rest_port", type=int, default=8501)
@@ -335,7 +387,11 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="text_classifier")
     parser.add_argument("--version", type=int, help="a version number (default: latest)")
     parser.add_argument("--label", help="a version label, e.g. stable or canary")
-    parser.add_argument("--signature", default="serving_default")
+    parser.add_argument("--signature", default="serving_default",
+                        help="signature to call (REST signature_name, gRPC "
+                             "model_spec.signature_name), e.g. tokenize")
+    parser.add_argument("--input_key", default="text",
+                        help="the signature's input name (columnar REST and gRPC requests)")
     parser.add_argument("--protocol", choices=["rest", "grpc"], default="rest")
     parser.add_argument("--format", choices=["instances", "inputs"], default="instances",
                         help="REST request format: row (instances) or columnar (inputs)")
@@ -349,6 +405,7 @@ def main(argv=None) -> int:
     try:
         client = ServingClient(args.host, args.rest_port, args.grpc_port, args.model,
                                args.version, args.label, args.signature,
+                               input_key=args.input_key,
                                timeout=args.timeout, retries=args.retries,
                                batch_size=args.batch_size)
         if args.status or args.metadata:
@@ -361,7 +418,7 @@ def main(argv=None) -> int:
             with open(args.texts_file, encoding="utf-8") as f:
                 texts += [line.rstrip("\n") for line in f if line.strip()]
         if not texts:
-            parser.error("give texts to classify, --texts_file, --status or --metadata")
+            parser.error("give texts, --texts_file, --status or --metadata")
         result = client.predict(texts, args.protocol, args.format)
     except (ServingError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -370,11 +427,7 @@ def main(argv=None) -> int:
         print(json.dumps({"model_version": result.model_version, **result.outputs}))
         return 0
     for text, row in zip(texts, result.rows()):
-        if "label" in row and "probabilities" in row:
-            shown = text if len(text) <= 70 else text[:67] + "..."
-            print(f"{row['label']:<24} {max(row['probabilities']):.3f}  {shown}")
-        else:
-            print(json.dumps(row))
+        print(format_row(text, row))
     return 0
 
 

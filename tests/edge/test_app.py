@@ -5,9 +5,11 @@ the fixture named BUNDLE_FIXTURE + "_reference" ({"texts", "probabilities", "lab
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -271,6 +273,219 @@ def test_bad_manifest_refused(bundle_dir, tmp_path, case):
     proc = run_app("--bundle", b, "a tree")
     line = assert_clean_error(proc, 2, "manifest")
     assert len(line) < 300
+
+
+# --------------------------------------------------------------------------- tasks and runners
+
+IDS_RUNNER = Path(__file__).resolve().parent / "ids_runner.py"
+
+
+def model_signatures(model_path: Path) -> dict:
+    """The manifest's "signatures" entry for a model, as export writes it."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(model_path))
+
+    def describe(name, detail):
+        scale, zero_point = detail["quantization"]
+        return {"name": name, "dtype": np.dtype(detail["dtype"]).name,
+                "shape": [int(d) for d in detail.get("shape_signature", detail["shape"])],
+                "quantization": {"scale": float(scale), "zero_point": int(zero_point)}}
+
+    out = {}
+    for name in interpreter.get_signature_list():
+        runner = interpreter.get_signature_runner(name)
+        out[name] = {kind: {k: describe(k, d) for k, d in details.items()}
+                     for kind, details in (("inputs", runner.get_input_details()),
+                                           ("outputs", runner.get_output_details()))}
+    return out
+
+
+def rewrite_manifest(bundle: Path, drop_files=(), **changes) -> dict:
+    """Apply changes to manifest.json (a None value deletes the key), delete drop_files and
+    rewrite the sha256 of every remaining file."""
+    path = bundle / "manifest.json"
+    m = json.loads(path.read_text(encoding="utf-8"))
+    for name in drop_files:
+        (bundle / name).unlink()
+    for key, value in changes.items():
+        if value is None:
+            m.pop(key, None)
+        else:
+            m[key] = value
+    m["files"] = {name: hashlib.sha256((bundle / name).read_bytes()).hexdigest()
+                  for name in m["files"] if name not in drop_files}
+    path.write_text(json.dumps(m, indent=2), encoding="utf-8")
+    return m
+
+
+def load_ids_runner():
+    """tests/edge/ids_runner.py, imported once (it registers the task token_ids_demo)."""
+    if "ids_runner" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("ids_runner", IDS_RUNNER)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["ids_runner"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["ids_runner"]
+
+
+@pytest.fixture
+def ids_bundle(bundle_dir, tmp_path) -> Path:
+    """The debug bundle as a token_ids_demo bundle: no labels file, a signatures entry."""
+    b = copy_bundle(bundle_dir, tmp_path / "ids_bundle")
+    rewrite_manifest(b, drop_files=("labels.txt",), task="token_ids_demo", labels=None,
+                     signatures=model_signatures(b / "model.tflite"))
+    return b
+
+
+def test_unknown_task_is_refused_naming_the_supported_tasks(bundle_dir, tmp_path):
+    b = copy_bundle(bundle_dir, tmp_path / "b")
+    rewrite_manifest(b, task="speech_to_text")
+    line = assert_clean_error(run_app("--bundle", b, "a tree"), 2, "'speech_to_text'",
+                              "text_classification", "manifest.json")
+    assert "unsupported task" in line
+    with pytest.raises(app.BundleError, match=r"unsupported task 'speech_to_text' "
+                                              r"\(this app runs: .*text_classification"):
+        app.load_bundle(b)
+    with pytest.raises(app.BundleError, match="speech_to_text"):
+        app.runner_class("speech_to_text")
+    assert app.runner_class("text_classification") is app.Bundle
+
+
+def test_registered_runner_is_dispatched_by_the_manifest_task(ids_bundle, bundle):
+    module = load_ids_runner()
+    assert "token_ids_demo" in app.supported_tasks()
+    runner = app.load_bundle(ids_bundle, demo_max_ids=0)
+    assert type(runner) is module.TokenIdsRunner and runner.task == "token_ids_demo"
+    assert runner.manifest.task == "token_ids_demo"
+    assert set(runner.manifest.signatures) == {"serving_default"}
+    assert runner.signature_names == ["serving_default"]
+    texts = ["a small dog with long ears", "an oak tree", ""]
+    for text, expected in zip(texts, bundle.classify(texts), strict=True):
+        result = runner.run(text)
+        assert list(result) == ["text", "token_ids", "class_id", "latency_ms"]
+        assert result["token_ids"] == bundle.processor.encode(text, out_type=int)[
+            : bundle.max_sequence_length]
+        assert bundle.labels[result["class_id"]] == expected["label"]
+        assert result["latency_ms"] >= 0
+        assert runner.format(result).endswith("\t" + text)
+    assert runner.stats()["count"] == 3
+    with pytest.raises(app.BundleError, match="no signature 'decode'"):
+        runner.signature("decode")
+    # the plain app has no runner for the task: a clear refusal
+    assert_clean_error(run_app("--bundle", ids_bundle, "a tree"), 2, "'token_ids_demo'",
+                       "text_classification")
+
+
+def test_registered_runner_through_the_cli(ids_bundle, bundle):
+    script = textwrap.dedent(f"""
+        import importlib.util, sys
+        sys.path.insert(0, {str(APP.parent)!r})
+        import app
+        spec = importlib.util.spec_from_file_location("ids_runner", {str(IDS_RUNNER)!r})
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.exit(app.main(sys.argv[1:]))
+    """)
+    texts = ["a small dog with long ears", "an oak tree"]
+    ids = [bundle.processor.encode(t, out_type=int) for t in texts]
+    proc = subprocess.run([sys.executable, "-c", script, "--bundle", str(ids_bundle), "--json",
+                           "--demo-max-ids", "2", *texts], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["text"] for r in results] == texts
+    assert [r["token_ids"] for r in results] == [i[:2] for i in ids]
+    assert [bundle.labels[r["class_id"]] for r in results] == \
+        [r["label"] for r in bundle.classify(texts)]
+    assert "count=2" in proc.stderr
+    # plain output (the runner's format), texts from stdin
+    proc = subprocess.run([sys.executable, "-c", script, "--bundle", str(ids_bundle)],
+                          input="\n".join(texts) + "\n", capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("ids=[") and lines[1].endswith("\tan oak tree")
+
+
+def test_runner_registry_rejects_conflicts():
+    module = load_ids_runner()
+    app.register_runner("token_ids_demo", module.TokenIdsRunner)   # the same class again: ok
+
+    class Other(app.Runner):
+        pass
+
+    with pytest.raises(ValueError, match="already runs with TokenIdsRunner"):
+        app.register_runner("token_ids_demo", Other)
+    with pytest.raises(TypeError, match="Runner subclass"):
+        app.register_runner("x_task", object)
+    with pytest.raises(ValueError, match="non-empty"):
+        app.register_runner("", Other)
+
+
+def test_manifest_signatures_are_optional_and_exposed(bundle_dir, tmp_path, bundle):
+    old = app.read_manifest(bundle_dir)
+    if "signatures" not in old.raw:   # a bundle from before export wrote signatures
+        assert old.signatures is None
+    b = copy_bundle(bundle_dir, tmp_path / "b")
+    signatures = model_signatures(b / "model.tflite")
+    rewrite_manifest(b, signatures=signatures)
+    manifest = app.read_manifest(b)
+    assert manifest.signatures == signatures and manifest.task == "text_classification"
+    runner = app.load_bundle(b)
+    assert runner.classify(["an oak tree"])[0]["label"] == \
+        bundle.classify(["an oak tree"])[0]["label"]
+
+
+BAD_SIGNATURES = {
+    "not_a_dict": ([], "signatures must map signature names"),
+    "empty": ({}, "signatures must map signature names"),
+    "entry_not_a_dict": ({"serving_default": [1]}, "signatures['serving_default'] must be"),
+    "no_outputs": ({"serving_default": {"inputs": {}}},
+                   "signatures['serving_default'].outputs must map tensor names"),
+    "tensor_not_a_dict": ({"serving_default": {"inputs": {"token_ids": "int32"}, "outputs": {}}},
+                          ".inputs['token_ids'] must be an object"),
+    "bad_dtype": ({"serving_default": {"inputs": {"token_ids": {"dtype": "int33", "shape": []}},
+                                       "outputs": {}}}, ".inputs['token_ids'].dtype"),
+    "bad_shape": ({"serving_default": {"inputs": {"token_ids": {"dtype": "int32",
+                                                                "shape": "1x32"}},
+                                       "outputs": {}}}, ".inputs['token_ids'].shape"),
+    "bad_quantization": ({"serving_default": {"inputs": {}, "outputs": {"probabilities": {
+        "dtype": "float32", "shape": [1, 26], "quantization": {"scale": "x"}}}}},
+        ".outputs['probabilities'].quantization"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SIGNATURES))
+def test_bad_manifest_signatures_are_refused(bundle_dir, tmp_path, case):
+    value, needle = BAD_SIGNATURES[case]
+    b = copy_bundle(bundle_dir, tmp_path / "b")
+    rewrite_manifest(b, signatures=value)
+    with pytest.raises(app.BundleError, match=re.escape(needle)):
+        app.read_manifest(b)
+    line = assert_clean_error(run_app("--bundle", b, "a tree"), 2, "manifest.json", needle)
+    assert len(line) < 300
+
+
+@pytest.mark.parametrize("case", ["unknown_signature", "tensor_name", "dtype"])
+def test_manifest_signatures_must_match_the_model(bundle_dir, tmp_path, case):
+    b = copy_bundle(bundle_dir, tmp_path / "b")
+    signatures = model_signatures(b / "model.tflite")
+    spec = signatures["serving_default"]
+    if case == "unknown_signature":
+        signatures["decode"] = spec
+        needle = "no signature 'decode'"
+    elif case == "tensor_name":
+        spec["inputs"]["ids"] = spec["inputs"].pop("token_ids")
+        needle = "signature 'serving_default' inputs ['ids'] are not"
+    else:
+        spec["outputs"]["probabilities"]["dtype"] = "int8"
+        needle = "output 'probabilities' is int8 but model.tflite's is float32"
+    rewrite_manifest(b, signatures=signatures)
+    app.read_manifest(b)   # well-formed: the model decides
+    with pytest.raises(app.BundleError, match=re.escape(needle)):
+        app.load_bundle(b)
+    assert_clean_error(run_app("--bundle", b, "a tree"), 2, needle)
 
 
 def test_missing_bundle_dir(tmp_path):

@@ -1,6 +1,10 @@
-"""Client retries, timeouts and batching, against small stub servers (no model)."""
+"""Client retries, timeouts, batching and printing, against small stub servers (no model);
+one slow test prints a signature of the real debug model served by the local server."""
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent import futures
@@ -9,8 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import grpc
 import pytest
 
-from serving.client import ServingClient, ServingError
+from serving.client import ServingClient, ServingError, format_row, main
 from serving.process import free_port
+from tests.conftest import ROOT
 
 
 class StubRest:
@@ -152,3 +157,155 @@ def test_grpc_retries_unavailable():
         client.close()
     finally:
         server.stop(0)
+
+
+# ------------------------------------------------------------------ signatures and printing
+TOKEN_IDS = [[5, 17, 9] + [0] * 29, [8] + [0] * 31]
+
+
+class StubTokenize:
+    """A server with one signature `tokenize` (text -> token_ids), answering as TF Serving
+    does for a one-output signature: REST predictions/outputs without the output name
+    (the name is in the metadata); gRPC with it."""
+
+    def __init__(self):
+        self.requests = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.requests.append(body)
+                if body.get("signature_name") != "tokenize":
+                    return self._send(400, {"error": "unknown signature"})
+                texts = body.get("instances") or body["inputs"]["text"]
+                ids = [TOKEN_IDS[i % 2] for i in range(len(texts))]
+                return self._send(200, {"predictions": ids} if "instances" in body
+                                  else {"outputs": ids})
+
+            def do_GET(self):
+                stub.requests.append({"GET": self.path})
+                self._send(200, {"model_spec": {"name": "m", "signature_name": "",
+                                                "version": "1"},
+                                 "metadata": {"signature_def": {"signature_def": {
+                                     "tokenize": {"inputs": {"text": {}},
+                                                  "outputs": {"token_ids": {}}}}}}})
+
+            def _send(self, code, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def tokenize_stub():
+    stub = StubTokenize()
+    yield stub
+    stub.close()
+
+
+@pytest.mark.parametrize("form", ["instances", "inputs"])
+def test_cli_prints_the_outputs_of_any_signature_over_rest(tokenize_stub, capsys, form):
+    code = main(["--rest_port", str(tokenize_stub.port), "--model", "m", "--signature",
+                 "tokenize", "--format", form, "a small dog", "x"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.splitlines() == [
+        "token_ids=[5, 17, 9, 0, 0, 0, 0, 0, ... 32 values]  a small dog",
+        "token_ids=[8, 0, 0, 0, 0, 0, 0, 0, ... 32 values]  x"]
+    posts = [r for r in tokenize_stub.requests if "GET" not in r]
+    assert [r["signature_name"] for r in posts] == ["tokenize"]
+    # the output name came from the metadata, asked once
+    assert [r for r in tokenize_stub.requests if "GET" in r] == [{"GET": "/v1/models/m/metadata"}]
+    main(["--rest_port", str(tokenize_stub.port), "--model", "m", "--signature", "tokenize",
+          "--format", form, "--json", "a"])
+    assert json.loads(capsys.readouterr().out) == {"model_version": None,
+                                                   "token_ids": [TOKEN_IDS[0]]}
+
+
+def test_cli_prints_the_outputs_of_any_signature_over_grpc(capsys):
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    seen = []
+
+    class Tokenize(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):
+            seen.append(request.model_spec.signature_name)
+            if request.model_spec.signature_name != "tokenize":
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown signature")
+            n = request.inputs["text"].tensor_shape.dim[0].size
+            response = predict_pb2.PredictResponse()
+            response.model_spec.version.value = 3
+            response.outputs["token_ids"].CopyFrom(tf.make_tensor_proto(
+                [TOKEN_IDS[i % 2] for i in range(n)], dtype=tf.int32))
+            response.outputs["length"].CopyFrom(tf.make_tensor_proto(
+                [3, 1][:n], dtype=tf.int32))
+            return response
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Tokenize(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        code = main(["--protocol", "grpc", "--grpc_port", str(port), "--model", "m",
+                     "--signature", "tokenize", "a small dog", "x"])
+    finally:
+        server.stop(0)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert seen == ["tokenize"]
+    lines = out.splitlines()
+    assert len(lines) == 2
+    for line, ids, length, text in zip(lines, TOKEN_IDS, [3, 1], ["a small dog", "x"],
+                                       strict=True):
+        assert f"length={length}" in line and line.endswith(f"  {text}")
+        assert "token_ids=[" + ", ".join(map(str, ids[:8])) + ", ... 32 values]" in line
+
+
+def test_classification_rows_keep_the_label_and_top_probability():
+    row = {"label": "noun.plant", "class_id": 3, "probabilities": [0.1, 0.75, 0.15]}
+    line = format_row("an oak tree", row)
+    assert line.split() == ["noun.plant", "0.750", "an", "oak", "tree"]
+    assert format_row("t" * 100, row).endswith("t" * 67 + "...")
+    generic = format_row("a", {"class_id": 2, "probabilities": [0.123456, 0.5],
+                               "note": "n" * 60, "nested": [[1.0, 2.5]] * 10})
+    assert generic.startswith("class_id=2  probabilities=[0.1235, 0.5]  note=nnn")
+    assert "nested=[[1, 2.5], " in generic and "... 10 values]" in generic
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_cli_prints_the_tokenize_signature_of_the_served_model(local_server, protocol):
+    """The real SavedModel's tokenize signature (text -> token_ids), unknown to the client's
+    printing, through the real local server."""
+    out = subprocess.run(
+        [sys.executable, "-m", "serving.client", "--rest_port", str(local_server.rest_port),
+         "--grpc_port", str(local_server.grpc_port), "--model", local_server.model,
+         "--protocol", protocol, "--signature", "tokenize", "a tree", "a small dog"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert out.returncode == 0, out.stderr
+    ids = local_server.client(signature="tokenize").predict(["a tree", "a small dog"],
+                                                             protocol="grpc")
+    assert set(ids.outputs) == {"token_ids"}
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2
+    for line, row, text in zip(lines, ids.outputs["token_ids"], ["a tree", "a small dog"],
+                               strict=True):
+        assert line.startswith("token_ids=[" + ", ".join(map(str, row[:8])) + ", ... ")
+        assert line.endswith(f" values]  {text}")

@@ -1,9 +1,12 @@
-"""Training loop: one `strategy.run` loop for every tf.distribute strategy.
+"""The trainer: one `strategy.run` loop for every task and tf.distribute strategy.
 
 `model.fit` is not used: under MultiWorkerMirroredStrategy it fails in Keras
 3.15 + TF 2.21 (keras-team/keras#20585). This loop owns the step counter,
-the data position, checkpoints (tf.train.CheckpointManager), TensorBoard and
-the progress output, and resumes from the latest readable checkpoint.
+the data position, checkpoints (tf.train.CheckpointManager), the best
+checkpoint by the task's validation metric, TensorBoard, the progress output,
+the SIGTERM save and the step watchdog, and resumes from the latest readable
+checkpoint. What differs between tasks (data, model, loss, metrics) comes from
+the task (`pipeline/tasks/base.py`).
 """
 
 from __future__ import annotations
@@ -24,12 +27,10 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import summaries
-from pipeline.config import ExperimentConfig, TrainConfig
+from pipeline.config import TrainConfig
 from pipeline.distribute import get_strategy, worker_info
-from pipeline.input import make_eval_dataset, make_train_dataset
 from pipeline.progress import format_duration
-from pipeline.sources import TextSplits
-from pipeline.tokenizer import InGraphTokenizer, read_model, vocabulary_size
+from pipeline.tokenizer import set_global_seed
 
 
 @dataclass
@@ -39,26 +40,11 @@ class TrainResult:
     steps_per_epoch: int
     train_seconds: float         # wall time of this process's loop, evaluation included
     examples_per_second: float   # training throughput of the steps alone
-    best_validation_accuracy: float
+    best_metric: str             # the task's metric that picked the best checkpoint
+    best_validation: float | None  # its best value (None: no validation ran)
     resumed_from_step: int
     history: list[dict]          # one row per validation: step, epoch, metrics
-
-
-def build_model(cfg: ExperimentConfig, vocab_size: int, num_classes: int) -> keras.Model:
-    """Builds the task model named by model.name, with weights created."""
-    from models import TextClassifier
-
-    m = cfg.model
-    model = TextClassifier(
-        vocabulary_size=vocab_size, num_classes=num_classes,
-        hidden_dim=m.hidden_dim, intermediate_dim=m.intermediate_dim,
-        num_heads=m.num_heads, num_layers=m.num_layers, dropout=m.dropout,
-        max_sequence_length=m.max_sequence_length, norm_first=m.norm_first,
-        pooling=m.pooling, name=cfg.model.name)
-    dummy = {"token_ids": tf.zeros((1, m.max_sequence_length), tf.int32),
-             "padding_mask": tf.ones((1, m.max_sequence_length), tf.bool)}
-    model(dummy)
-    return model
+    last_logs: dict              # the last logged window: loss and the task's logs
 
 
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -90,19 +76,21 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 class LayerwiseAdamW(keras.optimizers.AdamW):
     """AdamW with a fixed learning-rate multiplier per variable.
 
-    `multiplier(path)` gives the factor of each trainable variable (by its
-    Keras path) when the optimizer is built: layer-wise learning-rate decay
-    and a lower encoder rate for fine-tuning. Weight decay keeps the base rate.
+    `multipliers` maps a trainable variable's Keras path to its factor (1 for
+    a path not in it), read when the optimizer is built: layer-wise
+    learning-rate decay and a lower backbone rate for fine-tuning. Weight
+    decay keeps the base rate.
     """
 
-    def __init__(self, multiplier, **kwargs):
+    def __init__(self, multipliers: dict[str, float], **kwargs):
         super().__init__(**kwargs)
-        self._multiplier = multiplier
+        self._multiplier_of_path = dict(multipliers)
         self._multipliers: list[float] = []
 
     def build(self, variables):
         super().build(variables)
-        self._multipliers = [float(self._multiplier(v.path)) for v in variables]
+        self._multipliers = [float(self._multiplier_of_path.get(v.path, 1.0))
+                             for v in variables]
 
     def update_step(self, gradient, variable, learning_rate):
         factor = self._multipliers[self._get_variable_index(variable)]
@@ -111,30 +99,26 @@ class LayerwiseAdamW(keras.optimizers.AdamW):
         return super().update_step(gradient, variable, learning_rate)
 
 
-def learning_rate_multiplier(t: TrainConfig, num_layers: int):
-    """path -> factor: block i of n gets encoder_learning_rate_multiplier *
-    layer_decay**(n - i), the embedding layer_decay**(n + 1), the rest 1."""
-    def multiplier(path: str) -> float:
-        block = re.search(r"/transformer_layer_(\d+)/", path)
-        if block:
-            return t.encoder_learning_rate_multiplier * \
-                t.layer_decay ** (num_layers - int(block.group(1)))
-        if "/embedding/" in path:
-            return t.encoder_learning_rate_multiplier * t.layer_decay ** (num_layers + 1)
-        if "/final_layer_norm/" in path:
-            return t.encoder_learning_rate_multiplier
-        return 1.0
-    return multiplier
+def layerwise_multipliers(layer_groups, layer_decay: float = 1.0,
+                          multiplier: float = 1.0) -> dict[str, float]:
+    """Variable path -> factor for a backbone's `layer_groups()` (input first):
+    group g of G gets `multiplier * layer_decay ** (G - 1 - g)`."""
+    groups = list(layer_groups)
+    return {v.path: multiplier * layer_decay ** (len(groups) - 1 - g)
+            for g, variables in enumerate(groups) for v in variables}
 
 
 def make_optimizer(t: TrainConfig, total_steps: int,
-                   num_layers: int = 0) -> keras.optimizers.Optimizer:
+                   multipliers: dict[str, float] | None = None
+                   ) -> keras.optimizers.Optimizer:
+    """AdamW with warm-up + decay, clipping and, when `multipliers` has a
+    factor other than 1, a learning-rate factor per variable."""
     schedule = WarmupSchedule(t.learning_rate, int(t.warmup_fraction * total_steps),
                               total_steps, t.decay)
     kwargs = dict(learning_rate=schedule, weight_decay=t.weight_decay,
                   global_clipnorm=t.clip_norm or None)
-    if t.encoder_learning_rate_multiplier != 1.0 or t.layer_decay != 1.0:
-        return LayerwiseAdamW(learning_rate_multiplier(t, num_layers), **kwargs)
+    if multipliers and any(f != 1.0 for f in multipliers.values()):
+        return LayerwiseAdamW(multipliers, **kwargs)
     return keras.optimizers.AdamW(**kwargs)
 
 
@@ -143,43 +127,44 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                     global_batch_size: int, jit_compile: bool = False):
     """The distributed training step shared by every task and by the benchmark.
 
-    `compute_loss(inputs, labels)` runs the model (training=True) on one
-    replica's batch and returns `(per_example_loss, correct)`: the loss of each
-    example, shape (batch,), and the number of correct predictions (a float
-    scalar, for the accuracy printed during training).
+    `compute_loss(inputs, targets)` runs the model (training=True) on one
+    replica's batch and returns `(per_example_loss, logs)`: the loss of each
+    example, shape (batch,), and a dict of float scalars summed over the batch
+    (e.g. the number of correct predictions), shown in the progress lines.
 
     Returns `train_step(iterator, stop_requested)`, a tf.function that takes
     the next batch from a distributed iterator, applies one optimizer step on
-    every replica and returns the loss, the correct count and the stop flag,
-    each summed over replicas. With `jit_compile`, the forward and backward
-    pass is compiled with XLA (the optimizer update is not).
+    every replica and returns the loss, the logs and the stop flag, each
+    summed over replicas. With `jit_compile`, the forward and backward pass is
+    compiled with XLA (the optimizer update is not).
     """
-    def forward_backward(inputs, labels):
+    def forward_backward(inputs, targets):
         with tf.GradientTape() as tape:
-            per_example, correct = compute_loss(inputs, labels)
+            per_example, logs = compute_loss(inputs, targets)
             loss = tf.nn.compute_average_loss(
                 per_example, global_batch_size=global_batch_size)
         grads = tape.gradient(loss, model.trainable_variables)
-        return loss, correct, grads
+        return loss, logs, grads
 
     if jit_compile:
         forward_backward = tf.function(forward_backward, jit_compile=True)
 
-    def replica_step(inputs, labels, stop_requested):
-        loss, correct, grads = forward_backward(inputs, labels)
+    def replica_step(inputs, targets, stop_requested):
+        loss, logs, grads = forward_backward(inputs, targets)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss, correct, tf.identity(stop_requested)
+        return loss, logs, tf.identity(stop_requested)
+
+    def total(value):
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
 
     @tf.function
     def train_step(iterator, stop_requested):
-        inputs, labels = next(iterator)
-        loss, correct, stop = strategy.run(replica_step,
-                                           args=(inputs, labels, stop_requested))
+        inputs, targets = next(iterator)
+        loss, logs, stop = strategy.run(replica_step,
+                                        args=(inputs, targets, stop_requested))
         # The stop flag is reduced like the loss, so every worker agrees to stop
         # after the same step, whichever worker received SIGTERM.
-        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, stop, axis=None))
+        return total(loss), {k: total(v) for k, v in logs.items()}, total(stop)
 
     return train_step
 
@@ -207,37 +192,6 @@ class ModelVariables(tf.Module):
         self.by_path = variables
 
 
-class EncoderVariables(tf.Module):
-    """The encoder's variables of a TextClassifier (no head, no dropout state),
-    keyed by path: what pre-training hands to fine-tuning."""
-
-    def __init__(self, classifier: keras.Model):
-        super().__init__(name=None)
-        head = {id(v) for v in classifier.classifier_head.variables}
-        self.by_path = {key: v for key, v in ModelVariables(classifier).by_path.items()
-                        if id(v) not in head and "seed_generator" not in key}
-
-
-def init_from_pretrained(model: keras.Model, init_checkpoint: str, log=print) -> str:
-    """Loads pre-trained encoder weights into `model`; returns the path read."""
-    path = tf.train.latest_checkpoint(init_checkpoint) if os.path.isdir(
-        init_checkpoint) else init_checkpoint
-    if not path or not tf.io.gfile.exists(f"{path}.index"):
-        raise FileNotFoundError(
-            f"config key 'model.init_checkpoint' = {init_checkpoint!r}: no encoder "
-            "checkpoint there (expected <dir>/encoder/encoder-N written by pre-training)")
-    try:
-        tf.train.Checkpoint(encoder=EncoderVariables(model)).read(path) \
-            .assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as err:
-        raise ValueError(
-            f"config key 'model.init_checkpoint' = {init_checkpoint!r}: its weights do "
-            f"not fit this model (model.* must match pre-training): "
-            f"{str(err).splitlines()[0][:300]}") from None
-    log(f"[train] encoder initialised from pre-trained {path}")
-    return path
-
-
 def restore_latest(checkpoint: tf.train.Checkpoint,
                    manager: tf.train.CheckpointManager, log=print) -> str | None:
     """Restores the newest readable checkpoint; skips truncated ones."""
@@ -250,20 +204,6 @@ def restore_latest(checkpoint: tf.train.Checkpoint,
                 f"({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
                 "trying the previous one")
     return None
-
-
-def predict_logits(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray,
-                                                                           np.ndarray]:
-    """Runs the model over (inputs, labels) batches; returns (logits, labels)."""
-    @tf.function
-    def forward(inputs):
-        return model(inputs, training=False)
-
-    logits, labels = [], []
-    for inputs, y in dataset:
-        logits.append(forward(inputs).numpy())
-        labels.append(y.numpy())
-    return np.concatenate(logits), np.concatenate(labels)
 
 
 class Preempted(Exception):
@@ -335,38 +275,38 @@ def weights_digest(model: keras.Model) -> str:
     return digest.hexdigest()[:16]
 
 
-def train(cfg: ExperimentConfig, splits: TextSplits, tokenizer_path: str,
-          log=print, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
-    """Trains (or resumes) the task model; returns it with its best weights.
+def train(task, log=print, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
+    """Trains (or resumes) the task's model; returns it with its best weights.
 
     Raises Preempted after saving a checkpoint when SIGTERM arrives.
     """
-    t, run_dir = cfg.train, cfg.run_dir
+    t, cfg = task.train_config(), task.cfg
+    prefix = task.log_prefix
     strategy = strategy or get_strategy(cfg.runtime)
     keras.config.set_dtype_policy(cfg.runtime.precision)
-    keras.utils.set_random_seed(t.seed)
+    set_global_seed(t.seed)
     is_chief, worker, num_workers = worker_info(strategy)
     replicas = strategy.num_replicas_in_sync
     if t.global_batch_size % replicas:
         raise ValueError(
-            f"config key 'train.global_batch_size' = {t.global_batch_size}: must be "
+            f"config key '{task.batch_size_key}' = {t.global_batch_size}: must be "
             f"divisible by the number of replicas ({replicas})")
-    tokenizer = InGraphTokenizer(read_model(tokenizer_path), cfg.model.max_sequence_length)
-    vocab_size = vocabulary_size(tokenizer_path)
-    num_classes = splits.num_classes
-    steps_per_epoch = max(1, len(splits.texts["train"]) // t.global_batch_size)
+    steps_per_epoch = max(1, task.num_examples("train") // t.global_batch_size)
     total_steps = t.max_steps or t.epochs * steps_per_epoch
+    sign = 1.0 if task.best_direction == "max" else -1.0
 
     with strategy.scope():
-        model = build_model(cfg, vocab_size, num_classes)
-        optimizer = make_optimizer(t, total_steps, cfg.model.num_layers)
+        model = task.build_model()
+        optimizer = make_optimizer(t, total_steps, task.learning_rate_multipliers(model))
         optimizer.build(model.trainable_variables)
-        best_val = tf.Variable(-1.0, dtype=tf.float32, trainable=False)
+        # The best validation value times `sign` (so larger is better), in
+        # float32 as it is checkpointed.
+        best_val = tf.Variable(-np.inf, dtype=tf.float32, trainable=False)
         bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
     checkpoint = tf.train.Checkpoint(model=ModelVariables(model), optimizer=optimizer,
-                                     best_validation_accuracy=best_val,
+                                     best_validation=best_val,
                                      epochs_without_improvement=bad_epochs)
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    ckpt_dir = os.path.join(task.run_dir, "checkpoints")
     saver = _Saver(checkpoint, ckpt_dir, is_chief, worker, max_to_keep=t.keep_checkpoints)
     best_saver = _Saver(tf.train.Checkpoint(model=ModelVariables(model)),
                         os.path.join(ckpt_dir, "best"), is_chief, worker,
@@ -374,36 +314,26 @@ def train(cfg: ExperimentConfig, splits: TextSplits, tokenizer_path: str,
     restored = restore_latest(checkpoint, saver.reader, log)
     start_step = int(optimizer.iterations.numpy())
     if restored:
-        log(f"[train] resumed from {restored} at step {start_step:,}/{total_steps:,}")
-    elif cfg.model.init_checkpoint:
-        init_from_pretrained(model, cfg.model.init_checkpoint, log)
-    log(f"[train] strategy {cfg.runtime.strategy} ({replicas} replica(s)"
+        log(f"{prefix} resumed from {restored} at step {start_step:,}/{total_steps:,}")
+    else:
+        task.initialize(model)
+    log(f"{prefix} task {task.name}, strategy {cfg.runtime.strategy} ({replicas} "
+        f"replica(s)"
         f"{f' on {num_workers} workers, this is worker {worker}' if num_workers > 1 else ''}), "
         f"{model.count_params():,} parameters, precision {cfg.runtime.precision}, "
         f"global batch {t.global_batch_size}, {steps_per_epoch:,} steps/epoch, "
         f"{total_steps:,} steps")
 
     per_replica_batch = t.global_batch_size // replicas
-    train_source = splits.dataset("train")
+    train_data = strategy.distribute_datasets_from_function(
+        lambda ctx: task.train_dataset(per_replica_batch, skip_batches=start_step,
+                                       input_context=ctx))
+    val_data = task.eval_dataset("validation", t.global_batch_size)
 
-    def dataset_fn(input_context):
-        return make_train_dataset(train_source, tokenizer, cfg, per_replica_batch,
-                                  skip_batches=start_step, input_context=input_context)
+    def compute_loss(inputs, targets):
+        return task.compute_loss(model, inputs, targets, training=True)
 
-    train_data = strategy.distribute_datasets_from_function(dataset_fn)
-    val_data = make_eval_dataset(splits.dataset("validation"), tokenizer, cfg,
-                                 t.global_batch_size)
-    loss_fn = keras.losses.CategoricalCrossentropy(
-        from_logits=True, label_smoothing=t.label_smoothing, reduction=None)
-
-    def classification_loss(inputs, labels):
-        logits = model(inputs, training=True)
-        per_example = loss_fn(tf.one_hot(labels, num_classes), logits)
-        correct = tf.reduce_sum(tf.cast(
-            tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
-        return per_example, correct
-
-    train_step = make_train_step(model, optimizer, strategy, classification_loss,
+    train_step = make_train_step(model, optimizer, strategy, compute_loss,
                                  t.global_batch_size, jit_compile=cfg.runtime.jit_compile)
 
     sigterm = threading.Event()
@@ -412,83 +342,84 @@ def train(cfg: ExperimentConfig, splits: TextSplits, tokenizer_path: str,
         previous_handler = signal.signal(signal.SIGTERM, lambda *_: sigterm.set())
     watchdog = _Watchdog(cfg.runtime.step_timeout_seconds, log)
 
-    tb_dir = os.path.join(run_dir, "tensorboard")
+    train_dir, val_dir = task.tensorboard_dirs()
     if is_chief:
-        train_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "train"))
-        val_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "validation"))
+        train_writer = tf.summary.create_file_writer(train_dir)
+        val_writer = tf.summary.create_file_writer(val_dir) if val_dir else \
+            tf.summary.create_noop_writer()
     else:
         train_writer = val_writer = tf.summary.create_noop_writer()
-    summaries.write_hparams(val_writer, cfg.to_dict(), trial_id=cfg.name)
-    summaries.write_model_graph(train_writer, model, cfg.model.max_sequence_length)
+    task.write_start_summaries(train_writer, val_writer, model)
     history: list[dict] = []
     step = start_step
     iterator = iter(train_data)
-    window_loss = window_correct = 0.0
+    window_loss, window_logs = 0.0, {}
     window_steps, window_start = 0, time.time()
     run_start, steps_run, step_seconds = time.time(), 0, 0.0
     stop = preempted = False
+    last_logs: dict = {}
     while step < total_steps and not stop:
         step_start = time.time()
         watchdog.arm(first=steps_run == 0)
-        loss, correct, stop_flag = train_step(
+        loss, logs, stop_flag = train_step(
             iterator, tf.constant(1.0 if sigterm.is_set() else 0.0))
-        loss, correct = float(loss), float(correct)  # waits for the step
+        loss = float(loss)  # waits for the step
+        logs = {k: float(v) for k, v in logs.items()}
         watchdog.disarm()
         preempted = float(stop_flag) > 0
         step_seconds += time.time() - step_start
         step += 1
         steps_run += 1
         window_loss += loss
-        window_correct += correct
+        for k, v in logs.items():
+            window_logs[k] = window_logs.get(k, 0.0) + v
         window_steps += 1
         if step % t.log_every_steps == 0 or step == total_steps:
             elapsed = time.time() - window_start
             rate = window_steps * t.global_batch_size / max(elapsed, 1e-9)
             lr = float(optimizer.learning_rate)
-            avg_loss = window_loss / window_steps
-            acc = window_correct / (window_steps * t.global_batch_size)
+            last_logs = {"loss": window_loss / window_steps, **{
+                k: v / (window_steps * t.global_batch_size) for k, v in window_logs.items()}}
             eta = (total_steps - step) * t.global_batch_size / max(rate, 1e-9)
             epoch = (step - 1) // steps_per_epoch + 1
-            log(f"[train] step {step:,}/{total_steps:,} (epoch {epoch}/"
-                f"{math.ceil(total_steps / steps_per_epoch)})  loss {avg_loss:.4f}  "
-                f"acc {acc:.3f}  lr {lr:.2e}  {rate:,.0f} ex/s  "
-                f"ETA {format_duration(eta)}")
+            shown = "  ".join(f"{task.log_names.get(k, k)} {v:.4f}" if k == "loss" else
+                              f"{task.log_names.get(k, k)} {v:.3f}"
+                              for k, v in last_logs.items())
+            log(f"{prefix} step {step:,}/{total_steps:,} (epoch {epoch}/"
+                f"{math.ceil(total_steps / steps_per_epoch)})  {shown}  "
+                f"lr {lr:.2e}  {rate:,.0f} ex/s  ETA {format_duration(eta)}")
             with train_writer.as_default(step=step):
-                tf.summary.scalar("loss", avg_loss)
-                tf.summary.scalar("accuracy", acc)
+                for k, v in last_logs.items():
+                    tf.summary.scalar(k, v)
                 tf.summary.scalar("learning_rate", lr)
                 tf.summary.scalar("examples_per_second", rate)
-            window_loss = window_correct = 0.0
+            window_loss, window_logs = 0.0, {}
             window_steps, window_start = 0, time.time()
         end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
-        if end_of_epoch:
+        if end_of_epoch and val_data is not None:
             val_start = time.time()
-            logits, labels = predict_logits(model, val_data)
-            val_loss = float(np.mean(keras.ops.convert_to_numpy(
-                keras.losses.sparse_categorical_crossentropy(
-                    labels, logits, from_logits=True))))
-            val_acc = float(np.mean(np.argmax(logits, -1) == labels))
+            metrics, state = validate(task, model, val_data)
+            value = metrics[task.best_metric]
             epoch = math.ceil(step / steps_per_epoch)
-            improved = val_acc > float(best_val.numpy())
+            improved = sign * value > float(best_val.numpy())
             if improved:
-                best_val.assign(val_acc)
+                best_val.assign(sign * value)
                 bad_epochs.assign(0)
                 best_saver.save(step)
             else:
                 bad_epochs.assign_add(1)
-            history.append({"step": step, "epoch": epoch, "validation_loss": val_loss,
-                            "validation_accuracy": val_acc})
+            history.append({"step": step, "epoch": epoch,
+                            **{f"validation_{k}": v for k, v in metrics.items()}})
             with val_writer.as_default(step=step):
-                tf.summary.scalar("loss", val_loss)
-                tf.summary.scalar("accuracy", val_acc)
-            summaries.write_sample_predictions(val_writer, step, splits.texts["validation"],
-                                               labels, logits, splits.label_names)
-            log(f"[eval] epoch {epoch} step {step:,}: validation loss {val_loss:.4f} "
-                f"accuracy {val_acc:.4f}{'  (best)' if improved else ''} "
-                f"({time.time() - val_start:.1f}s)")
+                for k, v in metrics.items():
+                    tf.summary.scalar(k, v)
+            task.on_validation(val_writer, step, state)
+            shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            log(f"[eval] epoch {epoch} step {step:,}: validation {shown}"
+                f"{'  (best)' if improved else ''} ({time.time() - val_start:.1f}s)")
             if t.early_stopping_patience and int(bad_epochs.numpy()) >= \
                     t.early_stopping_patience:
-                log(f"[train] early stop: no improvement for {int(bad_epochs.numpy())} "
+                log(f"{prefix} early stop: no improvement for {int(bad_epochs.numpy())} "
                     "epoch(s)")
                 stop = True
         if preempted:
@@ -507,16 +438,41 @@ def train(cfg: ExperimentConfig, splits: TextSplits, tokenizer_path: str,
     train_seconds = time.time() - run_start
     if previous_handler is not None:
         signal.signal(signal.SIGTERM, previous_handler)
-    log(f"[train] finished at step {step:,}; final weights digest {weights_digest(model)}")
+    log(f"{prefix} finished at step {step:,}; final weights digest {weights_digest(model)}")
     best_path = best_saver.reader.latest_checkpoint
+    best = float(best_val.numpy()) * sign if np.isfinite(best_val.numpy()) else None
     if is_chief and best_path:
         tf.train.Checkpoint(model=ModelVariables(model)).restore(
             best_path).assert_existing_objects_matched()
-        log(f"[train] restored the best weights (validation accuracy "
-            f"{float(best_val.numpy()):.4f}) from {best_path}")
+        log(f"{prefix} restored the best weights (validation {task.best_metric} "
+            f"{best:.4f}) from {best_path}")
     return TrainResult(
         model=model, steps=step, steps_per_epoch=steps_per_epoch,
         train_seconds=train_seconds,
         examples_per_second=steps_run * t.global_batch_size / max(step_seconds, 1e-9),
-        best_validation_accuracy=float(best_val.numpy()),
-        resumed_from_step=start_step, history=history)
+        best_metric=task.best_metric, best_validation=best,
+        resumed_from_step=start_step, history=history, last_logs=last_logs)
+
+
+def validate(task, model, dataset) -> tuple[dict[str, float], object]:
+    """The task's metrics over a whole split: validation_step per batch, folded
+    by aggregate_logs, then reduce_aggregated_logs. Returns (metrics, state)."""
+    state = None
+    for inputs, targets in dataset:
+        state = task.aggregate_logs(state, task.validation_step(model, inputs, targets))
+    return task.reduce_aggregated_logs(state), state
+
+
+def load_best(task, model=None, log=print):
+    """The task's model with its best (else latest) checkpointed weights."""
+    model = model or task.build_model()
+    directory = os.path.join(task.run_dir, "checkpoints")
+    path = tf.train.latest_checkpoint(os.path.join(directory, "best")) or \
+        tf.train.latest_checkpoint(directory)
+    if not path:
+        raise FileNotFoundError(f"no checkpoint under {directory}: run "
+                                "'python -m pipeline train <config>' first")
+    tf.train.Checkpoint(model=ModelVariables(model)).restore(path).expect_partial() \
+        .assert_existing_objects_matched()
+    log(f"[model] restored {path}")
+    return model

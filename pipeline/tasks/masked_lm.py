@@ -1,4 +1,5 @@
-"""Masked-language-model pre-training of the task encoder (BERT-style).
+"""Masked-language-model pre-training of the encoder backbone (BERT-style): a
+task on the shared trainer.
 
 The corpus is unlabeled text that installs here: every gloss and usage
 example of WordNet's nouns, verbs, adjectives and adverbs (`wordnet-base`),
@@ -14,13 +15,16 @@ of the task enters it:
 
 Masking is `keras_hub.layers.MaskedLMMaskGenerator` in tf.data (15% of the
 tokens selected; of those 80% become [MASK], 10% a random token, 10% stay),
-the model is `models.MaskedLanguageModel` (the classifier's own encoder with a
-head tied to its token embedding), and the step is `pipeline.train`'s. The
-result is cached in <artifacts_root>/pretrained/mlm-<fingerprint>/:
+the model is `models.MaskedLanguageModel` (a `TransformerEncoderBackbone` of
+the classifier's shape with a head tied to its token embedding), and the loop
+is the shared trainer's (`pipeline/trainer.py`: checkpoints, exact resume,
+SIGTERM save, step watchdog). The result is cached in
+<artifacts_root>/pretrained/mlm-<fingerprint>/:
 
   tokenizer/spm.model     SentencePiece with [MASK], used by fine-tuning too
-  checkpoints/            full training state (a rerun resumes)
-  encoder/encoder-<step>  the encoder weights fine-tuning starts from
+  checkpoints/            full training state (a rerun, or a run after SIGTERM,
+                          resumes at the next step)
+  encoder/encoder-<step>  the backbone weights fine-tuning starts from
   tensorboard/pretrain/   loss, masked-token accuracy, learning rate
   pretrain.json           written last: corpus, steps, loss, accuracy, time
 
@@ -37,10 +41,13 @@ import re
 import shutil
 import time
 
-from pipeline.config import ExperimentConfig
+from pipeline.config import ExperimentConfig, TrainConfig, check
 from pipeline.datasets.wordnet_topics import read_parsed, split_of
+from pipeline.files import write_json
 from pipeline.progress import format_duration
 from pipeline.sources import DataError, TextSplits
+from pipeline.tasks import register_task
+from pipeline.tasks.base import Task
 
 WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 SUMMARY_FILE = "pretrain.json"
@@ -145,7 +152,10 @@ def fingerprint(cfg: ExperimentConfig, corpus: list[str]) -> str:
     pretrain = {k: v for k, v in cfg.to_dict()["pretrain"].items()
                 if k not in ("from_scratch_experiment", "checkpoint_every_steps",
                              "log_every_steps")}
+    # checkpoint_format 2: backbone weights keyed "backbone/..." (models/ split
+    # the backbone from the heads); a cache of format 1 is not reused.
     settings = {"corpus": digest.hexdigest(), "model": model, "pretrain": pretrain,
+                "checkpoint_format": 2,
                 "tokenizer": cfg.to_dict()["tokenizer"],
                 "precision": cfg.runtime.precision}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
@@ -171,7 +181,7 @@ def tokenizer_of(init_checkpoint: str) -> str:
     return path
 
 
-def make_mlm_dataset(texts: list[str], tokenizer, cfg: ExperimentConfig,
+def make_mlm_dataset(texts: list[str], preprocess, cfg: ExperimentConfig,
                      batch_size: int, mask_token_id: int, vocab_size: int,
                      skip_batches: int = 0, input_context=None):
     """Endless batches of ({token_ids, padding_mask, mask_positions},
@@ -183,6 +193,9 @@ def make_mlm_dataset(texts: list[str], tokenizer, cfg: ExperimentConfig,
     from pipeline.input import AUTOTUNE, batch_examples, tokenize_examples
     from pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
+    if not callable(preprocess):
+        raise TypeError("make_mlm_dataset: `preprocess` must be a batch function")
+
     p = cfg.pretrain
     dataset = tf.data.Dataset.from_tensor_slices(
         {"text": np.array(texts, dtype=object),
@@ -190,7 +203,7 @@ def make_mlm_dataset(texts: list[str], tokenizer, cfg: ExperimentConfig,
     if input_context is not None and input_context.num_input_pipelines > 1:
         dataset = dataset.shard(input_context.num_input_pipelines,
                                 input_context.input_pipeline_id)
-    dataset = tokenize_examples(dataset, tokenizer).cache()
+    dataset = tokenize_examples(dataset, preprocess).cache()
     dataset = dataset.shuffle(min(len(texts), 200_000), seed=p.seed,
                               reshuffle_each_iteration=True).repeat()
     dataset = batch_examples(dataset, batch_size, cfg.model.max_sequence_length,
@@ -232,7 +245,9 @@ def pretrain(cfg: ExperimentConfig, splits: TextSplits, log=print, strategy=None
         # The directory may have moved: the checkpoint is found relative to it.
         return os.path.join(out_dir, "encoder",
                             os.path.basename(summary["encoder_checkpoint"]))
-    result = _train_mlm(cfg, corpus, stats, out_dir, fp, log, strategy)
+    task = MaskedLMTask(cfg, log=log)
+    task.set_corpus(corpus, stats, out_dir, fp)
+    result = task.pretrain(strategy)
     _copy_summaries(out_dir, cfg.run_dir)
     return result
 
@@ -245,65 +260,189 @@ def _copy_summaries(out_dir: str, run_dir: str) -> None:
                         dirs_exist_ok=True)
 
 
-def _train_mlm(cfg, corpus, stats, out_dir, fp, log, strategy) -> str:
-    import keras
+def backbone_variables(backbone):
+    """The backbone's weights (no dropout state) as a tf.Module for tf.train,
+    keyed by their path below the model (`backbone/...`): what pre-training
+    hands to fine-tuning, whichever model holds the backbone."""
     import tensorflow as tf
 
-    from models import MaskedLanguageModel
-    from pipeline.distribute import get_strategy, worker_info
-    from pipeline.tokenizer import (MASK_TOKEN, InGraphTokenizer, read_model,
-                                    token_id, train_sentencepiece, vocabulary_size)
-    from pipeline.train import (EncoderVariables, ModelVariables, WarmupSchedule,
-                                _Saver, build_model, make_train_step, restore_latest)
+    from pipeline.trainer import ModelVariables
 
-    p = cfg.pretrain
-    strategy = strategy or get_strategy(cfg.runtime)
-    is_chief, worker, _ = worker_info(strategy)
-    keras.config.set_dtype_policy(cfg.runtime.precision)
-    keras.utils.set_random_seed(p.seed)
-    os.makedirs(out_dir, exist_ok=True)
-    tokenizer_path = train_sentencepiece(corpus, cfg.tokenizer,
-                                         os.path.join(out_dir, "tokenizer"), log=log,
-                                         control_symbols=(MASK_TOKEN,))
-    mask_id = token_id(tokenizer_path, MASK_TOKEN)
-    vocab = vocabulary_size(tokenizer_path)
-    tokenizer = InGraphTokenizer(read_model(tokenizer_path), cfg.model.max_sequence_length)
-    replicas = strategy.num_replicas_in_sync
-    if p.global_batch_size % replicas:
-        raise ValueError(f"config key 'pretrain.global_batch_size' = "
-                         f"{p.global_batch_size}: must be divisible by the number of "
-                         f"replicas ({replicas})")
-    with strategy.scope():
-        encoder = build_model(cfg, vocab, num_classes=2)  # the head is not trained
-        model = MaskedLanguageModel(encoder, name="masked_language_model")
+    module = tf.Module()
+    module.by_path = {key.split("/", 1)[1]: v
+                      for key, v in ModelVariables(backbone).by_path.items()
+                      if "seed_generator" not in key}
+    return module
+
+
+def init_backbone(backbone, init_checkpoint: str, log=print) -> str:
+    """Loads pre-trained backbone weights; returns the checkpoint path read."""
+    import tensorflow as tf
+
+    path = tf.train.latest_checkpoint(init_checkpoint) if os.path.isdir(
+        init_checkpoint) else init_checkpoint
+    if not path or not tf.io.gfile.exists(f"{path}.index"):
+        raise FileNotFoundError(
+            f"config key 'model.init_checkpoint' = {init_checkpoint!r}: no encoder "
+            "checkpoint there (expected <dir>/encoder/encoder-N written by pre-training)")
+    try:
+        tf.train.Checkpoint(encoder=backbone_variables(backbone)).read(path) \
+            .assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as err:
+        raise ValueError(
+            f"config key 'model.init_checkpoint' = {init_checkpoint!r}: its weights do "
+            f"not fit this model (model.* must match pre-training): "
+            f"{str(err).splitlines()[0][:300]}") from None
+    log(f"[train] encoder initialised from pre-trained {path}")
+    return path
+
+
+@register_task("masked_lm")
+class MaskedLMTask(Task):
+    """BERT-style masked-LM pre-training of a `TransformerEncoderBackbone`.
+
+    Its config is the `pretrain` section (and `model`, `tokenizer`); it runs
+    as the first stage of a task with `pretrain.enabled` (`pretrain()` below)
+    or alone (`python -m pipeline pretrain <config>`). No validation split:
+    the trainer keeps the last weights.
+    """
+
+    best_metric = "loss"
+    best_direction = "min"
+    log_prefix = "[pretrain]"
+    log_names = {"masked_token_accuracy": "masked-token acc"}
+    batch_size_key = "pretrain.global_batch_size"
+
+    @classmethod
+    def validate_config(cls, cfg) -> None:
+        p, d = cfg.pretrain, cfg.data
+        check(bool(p.corpora), "pretrain.corpora", p.corpora,
+              "'wordnet' and/or text/CSV/JSONL file paths")
+        for split in p.exclude_splits:
+            check(split in ("train", "validation", "test"), "pretrain.exclude_splits",
+                  split, "each one of 'train', 'validation', 'test'")
+        check("test" in p.exclude_splits, "pretrain.exclude_splits",
+              p.exclude_splits, "a list that holds 'test' (no test text in "
+              "pre-training)")
+        check(d.source == "wordnet_topics" or "wordnet" not in p.corpora,
+              "pretrain.corpora", p.corpora,
+              "no 'wordnet' unless data.source is 'wordnet_topics' (the split "
+              "exclusion needs the task's synset split)")
+        check(p.steps > 0, "pretrain.steps", p.steps, "> 0")
+        check(p.global_batch_size > 0, "pretrain.global_batch_size",
+              p.global_batch_size, "> 0")
+        check(p.learning_rate > 0, "pretrain.learning_rate", p.learning_rate, "> 0")
+        check(0.0 <= p.warmup_fraction < 1.0, "pretrain.warmup_fraction",
+              p.warmup_fraction, "in [0, 1)")
+        check(0.0 < p.mask_rate < 1.0, "pretrain.mask_rate", p.mask_rate, "in (0, 1)")
+        check(p.max_predictions > 0, "pretrain.max_predictions",
+              p.max_predictions, "> 0")
+        check(p.checkpoint_every_steps > 0, "pretrain.checkpoint_every_steps",
+              p.checkpoint_every_steps, "> 0")
+        check(p.log_every_steps > 0, "pretrain.log_every_steps",
+              p.log_every_steps, "> 0")
+
+    def __init__(self, cfg, log=print):
+        super().__init__(cfg, log)
+        self.corpus: list[str] | None = None
+        self.backbone = None
+
+    # --------------------------------------------------------------- data
+    def set_corpus(self, corpus: list[str], stats: dict, out_dir: str, fp: str) -> None:
+        self.corpus, self.stats, self.out_dir, self.fingerprint = corpus, stats, out_dir, fp
+
+    @property
+    def run_dir(self) -> str:
+        return self.out_dir
+
+    def prepare(self, strategy=None) -> None:
+        """The corpus (the classification task's held-out texts excluded) and
+        the tokenizer with [MASK]."""
+        from pipeline.tokenizer import (MASK_TOKEN, InGraphTokenizer, read_model,
+                                        token_id, train_sentencepiece)
+
+        if self.corpus is None:
+            from pipeline.sources import load_splits
+
+            splits = load_splits(self.cfg.data, self.cfg.runtime.artifacts_root,
+                                 log=self.log)
+            corpus, stats = build_corpus(self.cfg, splits, self.log)
+            if not corpus:
+                raise DataError("config key 'pretrain.corpora': the pre-training "
+                                "corpus is empty")
+            fp = fingerprint(self.cfg, corpus)
+            self.set_corpus(corpus, stats, pretrained_dir(self.cfg, fp), fp)
+        os.makedirs(self.out_dir, exist_ok=True)
+        self.tokenizer_path = train_sentencepiece(
+            self.corpus, self.cfg.tokenizer, os.path.join(self.out_dir, "tokenizer"),
+            log=self.log, control_symbols=(MASK_TOKEN,))
+        self.mask_id = token_id(self.tokenizer_path, MASK_TOKEN)
+        self._tokenizer = InGraphTokenizer(read_model(self.tokenizer_path),
+                                           self.cfg.model.max_sequence_length)
+
+    def train_config(self) -> TrainConfig:
+        p = self.cfg.pretrain
+        return TrainConfig(
+            global_batch_size=p.global_batch_size, epochs=1, max_steps=p.steps,
+            learning_rate=p.learning_rate, warmup_fraction=p.warmup_fraction,
+            decay="cosine", weight_decay=p.weight_decay, clip_norm=1.0,
+            checkpoint_every_steps=p.checkpoint_every_steps, keep_checkpoints=2,
+            log_every_steps=p.log_every_steps, seed=p.seed)
+
+    def num_examples(self, split):
+        return len(self.corpus) if split == "train" else 0
+
+    def sample(self, split, max_examples=0, seed=None):
+        texts = self.corpus if split == "train" else []
+        return [{"text": t} for t in (texts[:max_examples] if max_examples else texts)]
+
+    def preprocess(self, examples):
+        from pipeline.input import tokenize
+
+        return tokenize(self._tokenizer, examples)
+
+    def train_dataset(self, batch_size, skip_batches=0, input_context=None):
+        from pipeline.tokenizer import vocabulary_size
+
+        return make_mlm_dataset(self.corpus, self.preprocess, self.cfg, batch_size,
+                                self.mask_id, vocabulary_size(self.tokenizer_path),
+                                skip_batches=skip_batches, input_context=input_context)
+
+    def eval_dataset(self, split, batch_size):
+        return None
+
+    def tensorboard_dirs(self):
+        return os.path.join(self.out_dir, "tensorboard", "pretrain"), None
+
+    def write_start_summaries(self, train_writer, validation_writer, model) -> None:
+        pass
+
+    # -------------------------------------------------------------- model
+    def build_model(self):
+        import tensorflow as tf
+
+        from models import MaskedLanguageModel, TransformerEncoderBackbone
+        from pipeline.tokenizer import vocabulary_size
+
+        m, p = self.cfg.model, self.cfg.pretrain
+        self.backbone = TransformerEncoderBackbone(
+            vocabulary_size=vocabulary_size(self.tokenizer_path),
+            hidden_dim=m.hidden_dim, intermediate_dim=m.intermediate_dim,
+            num_heads=m.num_heads, num_layers=m.num_layers, dropout=m.dropout,
+            max_sequence_length=m.max_sequence_length, norm_first=m.norm_first,
+            name="backbone")
+        model = MaskedLanguageModel(self.backbone, name="masked_language_model")
         model({"token_ids": tf.zeros((1, 8), tf.int32),
                "padding_mask": tf.ones((1, 8), tf.bool),
                "mask_positions": tf.zeros((1, p.max_predictions), tf.int32)})
-        optimizer = keras.optimizers.AdamW(
-            learning_rate=WarmupSchedule(p.learning_rate,
-                                         int(p.warmup_fraction * p.steps), p.steps),
-            weight_decay=p.weight_decay, global_clipnorm=1.0)
-        optimizer.build(model.trainable_variables)
-    checkpoint = tf.train.Checkpoint(model=ModelVariables(model), optimizer=optimizer)
-    saver = _Saver(checkpoint, os.path.join(out_dir, "checkpoints"), is_chief, worker,
-                   max_to_keep=2)
-    restored = restore_latest(checkpoint, saver.reader, log)
-    start_step = int(optimizer.iterations.numpy())
-    if restored:
-        log(f"[pretrain] resumed from {restored} at step {start_step:,}/{p.steps:,}")
-    log(f"[pretrain] masked-LM pre-training: {model.count_params():,} parameters, "
-        f"vocabulary {vocab:,} ([MASK] = {mask_id}), global batch "
-        f"{p.global_batch_size}, {p.steps:,} steps "
-        f"(~{p.steps * p.global_batch_size / len(corpus):.1f} passes over the corpus), "
-        f"writing {out_dir}/")
+        return model
 
-    per_replica = p.global_batch_size // replicas
-    data = strategy.distribute_datasets_from_function(
-        lambda ctx: make_mlm_dataset(corpus, tokenizer, cfg, per_replica, mask_id,
-                                     vocab, skip_batches=start_step, input_context=ctx))
+    # --------------------------------------------------------------- loss
+    def compute_loss(self, model, inputs, targets, training=True):
+        import keras
+        import tensorflow as tf
 
-    def mlm_loss(inputs, targets):
-        logits = model(inputs, training=True)  # (batch, predictions, vocab)
+        logits = model(inputs, training=training)  # (batch, predictions, vocab)
         ids, weights = targets["mask_ids"], targets["mask_weights"]
         token_loss = keras.losses.sparse_categorical_crossentropy(
             ids, logits, from_logits=True)  # (batch, predictions)
@@ -311,59 +450,44 @@ def _train_mlm(cfg, corpus, stats, out_dir, fp, log, strategy) -> str:
             tf.reduce_sum(weights, -1), 1.0)
         hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), ids),
                        tf.float32)
-        # Masked-token accuracy, scaled so that correct / batch is the accuracy.
+        # Masked-token accuracy, scaled so that the sum / batch is the accuracy.
         accuracy = tf.reduce_sum(hits * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
-        return per_example, accuracy * tf.cast(tf.shape(ids)[0], tf.float32)
+        return per_example, {
+            "masked_token_accuracy": accuracy * tf.cast(tf.shape(ids)[0], tf.float32)}
 
-    train_step = make_train_step(model, optimizer, strategy, mlm_loss,
-                                 p.global_batch_size, jit_compile=cfg.runtime.jit_compile)
-    writer = tf.summary.create_file_writer(os.path.join(out_dir, "tensorboard", "pretrain")) \
-        if is_chief else tf.summary.create_noop_writer()
-    iterator = iter(data)
-    step, start = start_step, time.time()
-    window = {"loss": 0.0, "correct": 0.0, "steps": 0, "start": time.time()}
-    loss = accuracy = float("nan")
-    no_stop = tf.constant(0.0)
-    while step < p.steps:
-        step_loss, correct, _ = train_step(iterator, no_stop)
-        window["loss"] += float(step_loss)
-        window["correct"] += float(correct)
-        window["steps"] += 1
-        step += 1
-        if step % p.log_every_steps == 0 or step == p.steps:
-            elapsed = time.time() - window["start"]
-            rate = window["steps"] * p.global_batch_size / max(elapsed, 1e-9)
-            loss = window["loss"] / window["steps"]
-            accuracy = window["correct"] / (window["steps"] * p.global_batch_size)
-            lr = float(optimizer.learning_rate)
-            eta = (p.steps - step) * p.global_batch_size / max(rate, 1e-9)
-            log(f"[pretrain] step {step:,}/{p.steps:,}  loss {loss:.4f}  masked-token "
-                f"acc {accuracy:.3f}  lr {lr:.2e}  {rate:,.0f} ex/s  "
-                f"ETA {format_duration(eta)}")
-            with writer.as_default(step=step):
-                tf.summary.scalar("loss", loss)
-                tf.summary.scalar("masked_token_accuracy", accuracy)
-                tf.summary.scalar("learning_rate", lr)
-                tf.summary.scalar("examples_per_second", rate)
-            window = {"loss": 0.0, "correct": 0.0, "steps": 0, "start": time.time()}
-        if step % p.checkpoint_every_steps == 0 or step == p.steps:
-            saver.save(step)
-    writer.flush()
-    seconds = time.time() - start
-    encoder_path = os.path.join(out_dir, "encoder", f"encoder-{step}")
-    if is_chief:
-        _write_encoder(EncoderVariables(encoder), encoder_path)
-        summary = {"fingerprint": fp, "steps": step, "resumed_from_step": start_step,
-                   "seconds": round(seconds, 1), "loss": loss,
-                   "masked_accuracy": accuracy, "corpus": stats,
-                   "tokenizer": tokenizer_path, "encoder_checkpoint": encoder_path,
-                   "config": cfg.to_dict()["pretrain"]}
-        from pipeline.evaluate import write_json
+    # ---------------------------------------------------------- the stage
+    def pretrain(self, strategy=None) -> str:
+        """Prepares, trains (resuming) on the shared trainer, writes the
+        backbone checkpoint and pretrain.json; returns the checkpoint path."""
+        from pipeline.distribute import worker_info
+        from pipeline.tokenizer import vocabulary_size
+        from pipeline.trainer import train
 
-        write_json(os.path.join(out_dir, SUMMARY_FILE), summary)
-    log(f"[pretrain] done: {step:,} steps in {format_duration(seconds)}; masked-token "
-        f"accuracy {accuracy:.3f}; encoder {encoder_path}")
-    return encoder_path
+        self.prepare(strategy)
+        p, log = self.cfg.pretrain, self.log
+        log(f"[pretrain] masked-LM pre-training: vocabulary "
+            f"{vocabulary_size(self.tokenizer_path):,} ([MASK] = {self.mask_id}), "
+            f"global batch {p.global_batch_size}, {p.steps:,} steps "
+            f"(~{p.steps * p.global_batch_size / len(self.corpus):.1f} passes over the "
+            f"corpus), writing {self.out_dir}/")
+        result = train(self, log=log, strategy=strategy)
+        step = result.steps
+        encoder_path = os.path.join(self.out_dir, "encoder", f"encoder-{step}")
+        is_chief = worker_info(strategy)[0] if strategy is not None else True
+        loss = result.last_logs.get("loss", float("nan"))
+        accuracy = result.last_logs.get("masked_token_accuracy", float("nan"))
+        if is_chief:
+            _write_encoder(backbone_variables(self.backbone), encoder_path)
+            write_json(os.path.join(self.out_dir, SUMMARY_FILE), {
+                "fingerprint": self.fingerprint, "steps": step,
+                "resumed_from_step": result.resumed_from_step,
+                "seconds": round(result.train_seconds, 1), "loss": loss,
+                "masked_accuracy": accuracy, "corpus": self.stats,
+                "tokenizer": self.tokenizer_path, "encoder_checkpoint": encoder_path,
+                "config": self.cfg.to_dict()["pretrain"]})
+        log(f"[pretrain] done: {step:,} steps in {format_duration(result.train_seconds)}; "
+            f"masked-token accuracy {accuracy:.3f}; encoder {encoder_path}")
+        return encoder_path
 
 
 def _write_encoder(variables, path: str) -> None:
@@ -371,12 +495,13 @@ def _write_encoder(variables, path: str) -> None:
     import tensorflow as tf
 
     final_dir = os.path.dirname(path)
-    tmp_dir = f"{final_dir}.{os.getpid()}.tmp"
+    from pipeline.files import replace_dir, temp_path
+
+    tmp_dir = temp_path(final_dir)
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tf.train.Checkpoint(encoder=variables).write(
         os.path.join(tmp_dir, os.path.basename(path)))
-    shutil.rmtree(final_dir, ignore_errors=True)
-    os.replace(tmp_dir, final_dir)
+    replace_dir(tmp_dir, final_dir)
 
 
 def summary_of(init_checkpoint: str) -> dict | None:

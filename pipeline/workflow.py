@@ -1,0 +1,199 @@
+"""The stages of a run, for every task: what the CLI, the notebook and the
+tests call.
+
+  prepare(cfg)              -> the task, with data and assets ready
+  train(task)               -> TrainResult (the shared trainer, resuming)
+  load_trained(task)        -> the model with its best checkpointed weights
+  evaluate(task, model)     -> test metrics (+ baseline, + the export reference)
+  export(task, model, ref)  -> SavedModel, TFLite variants, report, edge bundle
+  run(cfg)                  -> all of it; writes metrics.json and the summary
+
+This module is the composition root: it runs the stages of pipeline/ and,
+for export, the export/ package (which depends on pipeline/, not the reverse).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from pipeline.files import write_json
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def prepare(cfg, strategy=None, log=log):
+    """Writes the resolved config and prepares the task's data and assets."""
+    from pipeline.tasks import make_task
+
+    cfg.save(os.path.join(cfg.run_dir, "config.yaml"))
+    task = make_task(cfg, log=log)
+    task.prepare(strategy)
+    return task
+
+
+def train(task, strategy=None):
+    from pipeline.trainer import train as run_trainer
+
+    return run_trainer(task, log=task.log, strategy=strategy)
+
+
+def load_trained(task):
+    """The task's model with its best (else latest) checkpointed weights."""
+    from pipeline.trainer import load_best
+
+    return load_best(task, log=task.log)
+
+
+def evaluate(task, model, baseline: bool = True) -> dict:
+    return task.evaluate(model, baseline=baseline)
+
+
+def export(task, model, reference) -> dict:
+    """SavedModel, TFLite variants (checked on the test split), edge bundle."""
+    from export import export_all
+
+    return export_all(task, model, reference, log=task.log)
+
+
+def is_chief(strategy) -> bool:
+    from pipeline.distribute import worker_info
+
+    return strategy is None or worker_info(strategy)[0]
+
+
+def run(cfg, do_export: bool = True, strategy=None):
+    """Every stage; returns the metrics written to metrics.json (None on a
+    worker other than the chief, which alone evaluates and exports)."""
+    start = time.time()
+    log(f"== {cfg.name}: writing to {cfg.run_dir}/")
+    task = prepare(cfg, strategy)
+    result = train(task, strategy)
+    if not is_chief(strategy):
+        log("[worker] training done; the chief (worker 0) evaluates and exports")
+        return None
+    evaluation = evaluate(task, result.model)
+    metrics = {"experiment": cfg.name, "task": task.name,
+               **{k: v for k, v in evaluation.items()
+                  if k not in ("reference", "confusion_matrix_png")}}
+    metrics["training"] = {
+        "steps": result.steps, "steps_per_epoch": result.steps_per_epoch,
+        "resumed_from_step": result.resumed_from_step,
+        "seconds_this_process": round(result.train_seconds, 1),
+        "examples_per_second": round(result.examples_per_second, 1),
+        "best_validation": {"metric": result.best_metric,
+                            "value": result.best_validation},
+        "history": result.history,
+        "strategy": cfg.runtime.strategy, "precision": cfg.runtime.precision,
+        "parameters": int(result.model.count_params()),
+    }
+    if cfg.model.init_checkpoint:
+        metrics["pretraining"] = pretraining_summary(cfg)
+    comparison = compare_with_from_scratch(cfg, metrics)
+    if comparison:
+        metrics["comparison"] = comparison
+    if do_export:
+        exported = export(task, result.model, evaluation["reference"])
+        metrics["tflite"] = exported["tflite"]
+        metrics["artifacts"] = {k: v for k, v in exported.items() if k != "tflite"}
+    write_json(os.path.join(cfg.run_dir, "metrics.json"), metrics)
+    write_training_curves(cfg, result.history)
+    print_summary(task, metrics, time.time() - start)
+    return metrics
+
+
+def pretraining_summary(cfg) -> dict:
+    from pipeline.tasks.masked_lm import summary_of
+
+    summary = summary_of(cfg.model.init_checkpoint) or {}
+    return {"init_checkpoint": cfg.model.init_checkpoint,
+            **{k: summary[k] for k in ("steps", "seconds", "loss", "masked_accuracy",
+                                       "corpus") if k in summary}}
+
+
+def compare_with_from_scratch(cfg, metrics) -> dict | None:
+    """Test accuracy and macro-F1 of the from-scratch run (pretrain.
+    from_scratch_experiment), this run and the baseline, when they share the
+    test split and text."""
+    name = cfg.pretrain.from_scratch_experiment
+    if not name or "baseline" not in metrics:
+        return None
+    path = os.path.join(cfg.runtime.artifacts_root, name, "metrics.json")
+    rows = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            other = json.load(f)
+        if other.get("text") == metrics.get("text") and \
+                other["test"]["examples"] == metrics["test"]["examples"]:
+            rows["from_scratch"] = {k: other["test"][k] for k in ("accuracy", "macro_f1")}
+            rows["from_scratch"]["experiment"] = name
+        else:
+            log(f"[compare] {path} is not on the same test split and text; not compared")
+    else:
+        log(f"[compare] no {path}: run 'python -m pipeline run "
+            f"configs/{name}.yaml' to put the from-scratch model in the comparison")
+    key = "pretrained_finetuned" if cfg.model.init_checkpoint else "this_run"
+    rows[key] = {k: metrics["test"][k] for k in ("accuracy", "macro_f1")}
+    rows["baseline"] = {k: metrics["baseline"][k] for k in ("accuracy", "macro_f1")}
+    return rows
+
+
+def write_training_curves(cfg, history=None):
+    """report/training_curves.png from the run's TensorBoard event files."""
+    from pipeline.plots import TRAINING_CURVES_FILE, plot_training_curves
+
+    path = plot_training_curves(
+        os.path.join(cfg.run_dir, "tensorboard"),
+        os.path.join(cfg.run_dir, "report", TRAINING_CURVES_FILE),
+        title=f"{cfg.name}: training curves", history=history)
+    log(f"[report] training curves {path}")
+    return path
+
+
+def print_summary(task, metrics, seconds):
+    from pipeline.files import dir_size
+
+    cfg = task.cfg
+    run_dir = cfg.run_dir
+    lines = ["", f"== {cfg.name} done in {seconds / 60:.1f} min. Written under {run_dir}/:"]
+
+    def entry(path, what):
+        if os.path.exists(path):
+            size = dir_size(path) if os.path.isdir(path) else os.path.getsize(path)
+            lines.append(f"  {os.path.relpath(path, run_dir):<42} {size / 1e6:8.2f} MB  {what}")
+
+    entry(os.path.join(run_dir, "config.yaml"), "resolved config")
+    for relative, what in task.artifact_descriptions().items():
+        if relative.startswith("tokenizer"):
+            entry(os.path.join(run_dir, relative), what)
+    entry(os.path.join(run_dir, "checkpoints"), "tf.train checkpoints (rerun resumes)")
+    entry(os.path.join(run_dir, "tensorboard"), f"tensorboard --logdir {run_dir}/tensorboard")
+    entry(os.path.join(run_dir, "report", "training_curves.png"), "loss/metric/lr curves")
+    for relative, what in task.artifact_descriptions().items():
+        if not relative.startswith("tokenizer"):
+            entry(os.path.join(run_dir, relative), what)
+    entry(os.path.join(run_dir, "metrics.json"), "test metrics, baseline, TFLite checks")
+    if "artifacts" in metrics:
+        entry(metrics["artifacts"]["saved_model"], "SavedModel for TF Serving")
+        for variant, r in metrics["tflite"].items():
+            entry(r["path"], f"TFLite {variant}")
+        entry(metrics["artifacts"]["edge_bundle"], "edge bundle: python edge/app.py --bundle "
+              f"{metrics['artifacts']['edge_bundle']} \"some text\"")
+    lines.append("")
+    lines.extend(task.summary_lines(metrics))
+    for variant, r in metrics.get("tflite", {}).items():
+        lines.append(f"  TFLite {variant:<13} {task.best_metric} {r[task.best_metric]:.4f}"
+                     f"  agreement {r['agreement_with_keras']:.4f}  batch-1 "
+                     f"{r['latency_batch1']['threads_1']['median_ms']:.2f} ms")
+    training = metrics["training"]
+    if training["steps"] > training["resumed_from_step"]:
+        lines.append(f"  training: {training['examples_per_second']:,.0f} examples/s over "
+                     f"{training['steps'] - training['resumed_from_step']:,} steps in this "
+                     f"run ({training['seconds_this_process'] / 60:.1f} min)")
+    else:
+        lines.append(f"  training: already complete ({training['steps']:,} steps); "
+                     "delete checkpoints/ to train again")
+    log("\n".join(lines))
