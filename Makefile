@@ -7,13 +7,17 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/text_classification.yaml
 WORDNET := /usr/share/wordnet/data.noun
 
-.PHONY: quickstart test test-fast setup venv data clean
+.PHONY: quickstart test test-fast lint setup venv data clean
 
 quickstart: setup
 	$(PY) -m pipeline run $(CONFIG)
 
-test: setup
+test: setup lint
 	$(PY) -m pytest tests -v -ra --durations=15
+
+# ruff (ruff.toml): pycodestyle, pyflakes, import order, bugbear, pyupgrade.
+lint: venv
+	$(VENV)/bin/ruff check .
 
 # The edit loop: everything but the tests marked slow.
 test-fast: setup

@@ -175,11 +175,9 @@ def registered_ops(use_cache: bool = True) -> dict:
     registry = json.loads(out.stdout.strip().splitlines()[-1])
     if use_cache:
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(registry, f)
-            os.replace(tmp, path)
+            from pipeline.files import write_atomic
+
+            write_atomic(path, json.dumps(registry))
         except OSError:
             pass  # caching is an optimisation only
     return registry

@@ -82,16 +82,10 @@ def plot_confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
                             fontsize=5, color="white" if normalized[i, j] > 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.png"
-    fig.savefig(tmp, dpi=110)
+    from pipeline.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
-
-def write_json(path: str, data: dict) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(f"{path}.{os.getpid()}.tmp", "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(f"{path}.{os.getpid()}.tmp", path)

@@ -74,10 +74,10 @@ def read_training_scalars(tensorboard_dir: str, history: list[dict] | None = Non
             for run in ("train", "validation")}
     if not runs["validation"] and history:
         steps = np.array([row["step"] for row in history], np.int64)
-        runs["validation"] = {
-            "loss": (steps, np.array([row["validation_loss"] for row in history])),
-            "accuracy": (steps, np.array([row["validation_accuracy"]
-                                          for row in history]))}
+        tags = [k[len("validation_"):] for k in history[0] if k.startswith("validation_")]
+        runs["validation"] = {tag: (steps, np.array([row[f"validation_{tag}"]
+                                                     for row in history]))
+                              for tag in tags}
     return runs
 
 
@@ -115,10 +115,10 @@ def training_curves_figure(runs: dict, title: str = ""):
 
 def save_figure(fig, path: str, dpi: int = 110) -> str:
     """Writes `fig` to `path` atomically; returns the path."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=dpi)
-    os.replace(tmp, path)
+    from pipeline.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
     return path
 
 

@@ -12,7 +12,6 @@ that `TextSplits.dataset()` feeds to tf.data.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.config import DataConfig
+from pipeline.files import hash_split
 from pipeline.progress import Progress
 
 SPLITS = ("train", "validation", "test")
@@ -160,11 +160,6 @@ def _load_wordnet_topics(cfg: DataConfig, artifacts_root: str, log) -> TextSplit
                       f"wordnet_topics (TFDS, text = '{text}')")
 
 
-def _hash_split(text: str) -> str:
-    bucket = int(hashlib.md5(text.encode("utf-8")).hexdigest(), 16) % 100
-    return "train" if bucket < 80 else "validation" if bucket < 90 else "test"
-
-
 CSV_FIELD_LIMIT = 16 << 20   # characters in one CSV field (Python's default: 131,072)
 
 
@@ -252,7 +247,7 @@ def _load_files(cfg: DataConfig) -> TextSplits:
                                               cfg.label_column):
             target = split
             if split == "train" and not (cfg.validation_path and cfg.test_path):
-                target = _hash_split(text)
+                target = hash_split(text)
                 if target != "train" and paths[target]:
                     target = "train"
             rows[target].append((path, number, text, label))

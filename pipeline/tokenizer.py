@@ -21,7 +21,6 @@ from pipeline.config import TokenizerConfig
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 MASK_TOKEN = "[MASK]"
 MODEL_FILE = "spm.model"
-LABELS_FILE = "labels.txt"
 
 
 def train_sentencepiece(texts, cfg: TokenizerConfig, out_dir: str, log=print,
@@ -66,13 +65,10 @@ def train_sentencepiece(texts, cfg: TokenizerConfig, out_dir: str, log=print,
         )
     except RuntimeError as err:   # the C++ trainer's check failures
         raise _training_error(err, cfg) from None
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(model.getvalue())
-    os.replace(tmp, path)
-    with open(f"{settings_path}.{os.getpid()}.tmp", "w") as f:
-        json.dump(settings, f)
-    os.replace(f"{settings_path}.{os.getpid()}.tmp", settings_path)
+    from pipeline.files import write_atomic
+
+    write_atomic(path, model.getvalue())
+    write_atomic(settings_path, json.dumps(settings))
     log(f"[tokenizer] wrote {path} (vocabulary {vocabulary_size(path):,}, "
         f"{time.time() - start:.1f}s)")
     return path
@@ -119,20 +115,6 @@ def token_id(path: str, piece: str) -> int:
 def read_model(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
-
-
-def write_labels(names, out_dir: str) -> str:
-    path = os.path.join(out_dir, LABELS_FILE)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(f"{path}.{os.getpid()}.tmp", "w", encoding="utf-8") as f:
-        f.write("".join(f"{n}\n" for n in names))
-    os.replace(f"{path}.{os.getpid()}.tmp", path)
-    return path
-
-
-def read_labels(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f if line.rstrip("\n")]
 
 
 # Bytes of text tokenized per kept token: a SentencePiece piece is at most 16

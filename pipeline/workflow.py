@@ -185,9 +185,10 @@ def print_summary(task, metrics, seconds):
     lines.append("")
     lines.extend(task.summary_lines(metrics))
     for variant, r in metrics.get("tflite", {}).items():
+        agreement = r.get("agreement_with_keras")
         lines.append(f"  TFLite {variant:<13} {task.best_metric} {r[task.best_metric]:.4f}"
-                     f"  agreement {r['agreement_with_keras']:.4f}  batch-1 "
-                     f"{r['latency_batch1']['threads_1']['median_ms']:.2f} ms")
+                     + (f"  agreement {agreement:.4f}" if agreement is not None else "")
+                     + f"  batch-1 {r['latency_batch1']['threads_1']['median_ms']:.2f} ms")
     training = metrics["training"]
     if training["steps"] > training["resumed_from_step"]:
         lines.append(f"  training: {training['examples_per_second']:,.0f} examples/s over "

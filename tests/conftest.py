@@ -48,10 +48,20 @@ def debug_config(debug_overrides):
 @pytest.fixture(scope="session")
 def debug_run(debug_config):
     """Runs the whole debug experiment once; returns (config, metrics)."""
-    from pipeline.cli import run
+    from pipeline.workflow import run
 
     metrics = run(debug_config)
     return debug_config, metrics
+
+
+@pytest.fixture(scope="session")
+def debug_trained(debug_run):
+    """(task, model): the debug run's prepared task and its best weights."""
+    from pipeline.workflow import load_trained, prepare
+
+    cfg, _ = debug_run
+    task = prepare(cfg, log=lambda *_: None)
+    return task, load_trained(task)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,30 @@ INPUT_NAME, OUTPUT_NAME, SIGNATURE = "token_ids", "probabilities", "serving_defa
 WARMUP_TEXTS = 16
 
 
+def probabilities_archive(model, max_sequence_length: int):
+    """The TFLite source of a classifier: `serving_default`, int32 token_ids
+    (batch, max_sequence_length) -> float32 probabilities."""
+    import keras
+    import tensorflow as tf
+
+    from pipeline.tokenizer import PAD_ID
+
+    def probabilities(token_ids):
+        # With PAD_ID 0 a cast is `!= PAD_ID` without int32 arithmetic in the
+        # graph, which TFLite's int16x8 calibrator cannot handle.
+        padding_mask = tf.cast(token_ids, tf.bool) if PAD_ID == 0 else \
+            tf.not_equal(token_ids, PAD_ID)
+        logits = model({"token_ids": token_ids, "padding_mask": padding_mask},
+                       training=False)
+        return {OUTPUT_NAME: tf.nn.softmax(logits, axis=-1)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SIGNATURE, probabilities, input_signature=[
+        tf.TensorSpec([None, max_sequence_length], tf.int32, name=INPUT_NAME)])
+    return archive
+
+
 @register_export_module("text_classification")
 class TextClassificationExport(ExportModule):
     tflite_signatures = (SIGNATURE,)
@@ -96,27 +120,7 @@ class TextClassificationExport(ExportModule):
 
     # -------------------------------------------------------------- TFLite
     def tflite_archive(self):
-        import keras
-        import tensorflow as tf
-
-        from pipeline.tokenizer import PAD_ID
-
-        model = self.model
-
-        def probabilities(token_ids):
-            # With PAD_ID 0 a cast is `!= PAD_ID` without int32 arithmetic in the
-            # graph, which TFLite's int16x8 calibrator cannot handle.
-            padding_mask = tf.cast(token_ids, tf.bool) if PAD_ID == 0 else \
-                tf.not_equal(token_ids, PAD_ID)
-            logits = model({"token_ids": token_ids, "padding_mask": padding_mask},
-                           training=False)
-            return {OUTPUT_NAME: tf.nn.softmax(logits, axis=-1)}
-
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(SIGNATURE, probabilities, input_signature=[
-            tf.TensorSpec([None, self.length], tf.int32, name=INPUT_NAME)])
-        return archive
+        return probabilities_archive(self.model, self.length)
 
     def token_ids(self, texts: list[str]) -> np.ndarray:
         """int32 (n, max_sequence_length) ids, as the SavedModel tokenizes."""

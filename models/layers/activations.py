@@ -42,12 +42,11 @@ def gelu(x, training=False):
 
     With `training=True` it runs `_gelu_exact`: its gradient
     `Phi(x) + x * phi(x)` is written out instead of derived by autodiff through
-    `Erfc`, and forward and backward each run as one fused XLA kernel. On a
-    (32, 128, 1024) tensor, forward + backward took 3.8 ms against the Keras
-    op's 12.6 ms in float32, and 4.0 against 28.5 ms in bfloat16 (ReLU: 2.9 and
-    2.6 ms; a one-off micro-benchmark on this 2-core machine). At
-    inference it is `keras.activations.gelu`, so exported graphs (SavedModel,
-    TFLite) are the ones the Keras op gives.
+    `Erfc`, and forward and backward each run as one fused XLA kernel, to make
+    the training step faster (the micro-benchmark against the Keras op is in
+    docs/BENCHMARKS.md, "Measured history"). At inference it is
+    `keras.activations.gelu`, so exported graphs (SavedModel, TFLite) are the
+    ones the Keras op gives.
     """
     if training is True:
         return _gelu_exact(x)

@@ -20,10 +20,10 @@ class Dropout(keras.layers.Layer):
 
     Why it exists: `keras.layers.Dropout` (through
     `tf.nn.experimental.stateless_dropout`) draws one uniform float per
-    element in the input dtype, and the Philox generator behind it was the
-    largest non-matmul cost of a training step (`python -m pipeline bench`, op
-    profile in docs/BENCHMARKS.md). Here one 32-bit Philox output serves two
-    elements and the mask is an integer compare.
+    element in the input dtype from a Philox generator, a large non-matmul
+    cost of a training step (the op profiles of `python -m pipeline bench`;
+    docs/BENCHMARKS.md, "Measured history"). Here one 32-bit Philox output
+    serves two elements and the mask is an integer compare.
 
     The drop probability is `rate` rounded to a multiple of 1/65536
     (0.1 becomes 0.100006); the scale uses the rounded value, so the

@@ -45,10 +45,9 @@ class LayerNormalization(keras.layers.LayerNormalization):
     and `beta` runs `_layer_norm_fn`, whose backward pass is the closed form
     `dx = inv * (dn - mean(dn) - n * mean(dn * n))` (`n` the normalised input,
     `dn = dy * gamma`) instead of autodiff through the moments: fewer ops and
-    passes over the activations (in an A/B of the bfloat16 training step at
-    the shape of `python -m pipeline bench`, the step took 387 ms with it and
-    439 ms without; issue #8). Anything else, inference included, is the Keras
-    layer's own call, so exported graphs do not change.
+    passes over the activations, for a faster training step (the A/B is in
+    docs/BENCHMARKS.md, "Measured history"). Anything else, inference
+    included, is the Keras layer's own call, so exported graphs do not change.
     """
 
     def call(self, inputs, training=None):

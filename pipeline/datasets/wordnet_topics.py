@@ -14,7 +14,6 @@ example in train (< 80), validation (< 90) or test.
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import tensorflow_datasets as tfds
@@ -47,11 +46,11 @@ def require_file(path: str, package: str = APT_PACKAGE) -> None:
 
 
 def split_of(synset_offset: str) -> str:
-    """Stable split assignment by the md5 of the synset offset."""
-    bucket = int(hashlib.md5(synset_offset.encode()).hexdigest(), 16) % 100
-    if bucket < 80:
-        return "train"
-    return "validation" if bucket < 90 else "test"
+    """Stable split assignment by the md5 of the synset offset
+    (`pipeline.files.hash_split`, the one split rule of every source)."""
+    from pipeline.files import hash_split
+
+    return hash_split(synset_offset)
 
 
 def parse_line(line: str) -> dict | None:

@@ -55,8 +55,9 @@ def bundle(bundle_dir):
 
 
 def run_app(*args, input=None, timeout=120, python=sys.executable, **kw):
-    return subprocess.run([str(python), str(APP), *map(str, args)], input=input, capture_output=True,
-                          text=True, cwd=REPO, timeout=timeout, **kw)
+    return subprocess.run([str(python), str(APP), *map(str, args)], input=input,
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout,
+                          check=False, **kw)
 
 
 def copy_bundle(src: Path, dst: Path) -> Path:
@@ -127,15 +128,17 @@ def test_cli_jsonl(bundle_dir, bundle, tmp_path):
     # same input from stdin ("-"), results to stdout
     proc = run_app("--bundle", bundle_dir, "--jsonl", "-", input=src.read_text(encoding="utf-8"))
     assert proc.returncode == 0, proc.stderr
-    assert [json.loads(l)["label"] for l in proc.stdout.splitlines()] == [e["label"] for e in expected]
+    assert [json.loads(line)["label"] for line in proc.stdout.splitlines()] == \
+        [e["label"] for e in expected]
 
 
 def test_cli_interactive_prompt(bundle_dir):
     pty = pytest.importorskip("pty")
     master, slave = pty.openpty()
     try:
-        proc = subprocess.Popen([sys.executable, str(APP), "--bundle", str(bundle_dir)], stdin=slave,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        proc = subprocess.Popen([sys.executable, str(APP), "--bundle", str(bundle_dir)],
+                                stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=REPO)
         os.close(slave)
         os.write(master, b"a small dog\n\n")  # one text, then an empty line quits
         out, err = proc.communicate(timeout=120)
@@ -186,13 +189,14 @@ def test_edge_case_texts_give_predictions(bundle, name):
 
 def test_edge_case_texts_cli(bundle_dir, bundle, tmp_path):
     src = tmp_path / "edge.jsonl"
-    src.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in EDGE_TEXTS.values()),
-                   encoding="utf-8")
+    src.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n"
+                           for t in EDGE_TEXTS.values()), encoding="utf-8")
     proc = run_app("--bundle", bundle_dir, "--jsonl", src)
     assert proc.returncode == 0, proc.stderr
     results = [json.loads(l) for l in proc.stdout.splitlines()]
     assert [r["text"] for r in results] == list(EDGE_TEXTS.values())
-    assert [r["label"] for r in results] == [r["label"] for r in bundle.classify(EDGE_TEXTS.values())]
+    assert [r["label"] for r in results] == \
+        [r["label"] for r in bundle.classify(EDGE_TEXTS.values())]
     # plain mode with a 100 kB argument and a non-ASCII one: a preview, not the whole text
     proc = run_app("--bundle", bundle_dir, EDGE_TEXTS["100kB"], EDGE_TEXTS["non_ascii"], "", "   ")
     assert proc.returncode == 0, proc.stderr
@@ -248,8 +252,8 @@ def test_missing_file_refused(bundle_dir, tmp_path, name):
     assert_clean_error(proc, 2, name, "missing")
 
 
-@pytest.mark.parametrize("case", ["missing", "not_json", "no_files", "unlisted_model", "bad_version",
-                                  "escaping_path", "no_max_len"])
+@pytest.mark.parametrize("case", ["missing", "not_json", "no_files", "unlisted_model",
+                                  "bad_version", "escaping_path", "no_max_len"])
 def test_bad_manifest_refused(bundle_dir, tmp_path, case):
     b = copy_bundle(bundle_dir, tmp_path / "b")
     path = b / "manifest.json"
@@ -391,7 +395,7 @@ def test_registered_runner_through_the_cli(ids_bundle, bundle):
     ids = [bundle.processor.encode(t, out_type=int) for t in texts]
     proc = subprocess.run([sys.executable, "-c", script, "--bundle", str(ids_bundle), "--json",
                            "--demo-max-ids", "2", *texts], capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
+                          cwd=REPO, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     results = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["text"] for r in results] == texts
@@ -402,7 +406,7 @@ def test_registered_runner_through_the_cli(ids_bundle, bundle):
     # plain output (the runner's format), texts from stdin
     proc = subprocess.run([sys.executable, "-c", script, "--bundle", str(ids_bundle)],
                           input="\n".join(texts) + "\n", capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
+                          cwd=REPO, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 2 and lines[1].startswith("ids=[") and lines[1].endswith("\tan oak tree")
@@ -494,11 +498,13 @@ def test_missing_bundle_dir(tmp_path):
 
 def test_malformed_jsonl_lines(bundle_dir, tmp_path):
     src = tmp_path / "in.jsonl"
-    src.write_text('{"text": "a tree"}\n{broken\n\n[1, 2]\n{"label": 3}\n"a dog"\n{"text": 5}\n', encoding="utf-8")
+    src.write_text('{"text": "a tree"}\n{broken\n\n[1, 2]\n{"label": 3}\n"a dog"\n{"text": 5}\n',
+                   encoding="utf-8")
     proc = run_app("--bundle", bundle_dir, "--jsonl", src)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
-    assert [json.loads(l)["text"] for l in proc.stdout.splitlines()] == ["a tree", "a dog"]  # the rest still runs
+    # the rest still runs
+    assert [json.loads(line)["text"] for line in proc.stdout.splitlines()] == ["a tree", "a dog"]
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     for lineno in (2, 4, 5, 7):
         assert any(f"line {lineno}:" in e for e in errors), (lineno, errors)
@@ -528,18 +534,22 @@ BLOCKER = textwrap.dedent("""
     try:
         runpy.run_path({app!r}, run_name="__main__")
     finally:
-        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "jax", "torch"))
+        heavy = sorted(m for m in sys.modules
+                       if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "jax", "torch"))
         print("HEAVY_MODULES=" + ",".join(heavy), file=sys.stderr)
 """)
 
 
 def run_blocked(blocked, argv, **kw):
-    code = BLOCKER.format(blocked=tuple(blocked), app=str(APP), argv=[str(a) for a in argv], edge=str(APP.parent))
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120, **kw)
+    code = BLOCKER.format(blocked=tuple(blocked), app=str(APP), argv=[str(a) for a in argv],
+                          edge=str(APP.parent))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          timeout=120, check=False, **kw)
 
 
 def test_never_imports_tensorflow(bundle_dir):
-    proc = run_blocked(["tensorflow", "keras", "tf_keras"], ["--bundle", bundle_dir, "--top-k", "2", "a tree"])
+    proc = run_blocked(["tensorflow", "keras", "tf_keras"],
+                       ["--bundle", bundle_dir, "--top-k", "2", "a tree"])
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY_MODULES=\n" in proc.stderr
     assert len(proc.stdout.splitlines()) == 2
@@ -570,7 +580,8 @@ def test_tflite_runtime_fallback_only_for_float(monkeypatch):
 
 
 def test_requirements_pins():
-    reqs = [l.strip() for l in REQUIREMENTS.read_text().splitlines() if l.strip() and not l.startswith("#")]
+    reqs = [line.strip() for line in REQUIREMENTS.read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
     names = {r.split("==")[0].lower() for r in reqs}
     assert names == {"ai-edge-litert", "sentencepiece", "numpy"}
     assert all("==" in r for r in reqs)
@@ -579,18 +590,21 @@ def test_requirements_pins():
 
 @pytest.mark.slow
 def test_clean_venv_from_requirements(bundle_dir, bundle, tmp_path):
-    """A fresh venv with edge/requirements.txt alone runs the app; tensorflow is not importable there."""
+    """A fresh venv with edge/requirements.txt alone runs the app; tensorflow is not importable
+    there."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     py = venv / "bin" / "python"
     pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)],
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=900, check=False)
     assert pip.returncode == 0, pip.stderr[-3000:]
-    tf = subprocess.run([str(py), "-c", "import tensorflow"], capture_output=True, text=True, timeout=120)
+    tf = subprocess.run([str(py), "-c", "import tensorflow"], capture_output=True, text=True,
+                        timeout=120, check=False)
     assert tf.returncode != 0 and "ModuleNotFoundError" in tf.stderr
     texts = ["a small dog", "an oak tree", "a hammer", *EDGE_TEXTS.values()]
     src = tmp_path / "in.jsonl"
-    src.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    src.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts),
+                   encoding="utf-8")
     proc = run_app("--bundle", bundle_dir, "--jsonl", src, "--top-k", 3, python=py, timeout=300)
     assert proc.returncode == 0, proc.stderr
     got = [json.loads(l) for l in proc.stdout.splitlines()]

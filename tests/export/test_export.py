@@ -25,13 +25,12 @@ def test_saved_model_cli_shows_a_string_serving_default(saved_model_dir):
 
 
 def test_saved_model_classifies_raw_text_like_the_keras_model(debug_run, debug_splits,
-                                                              saved_model_dir):
-    from pipeline.cli import load_trained
+                                                              saved_model_dir, debug_trained):
     from pipeline.tokenizer import InGraphTokenizer, read_model
 
     cfg, _ = debug_run
     tokenizer_path = os.path.join(cfg.run_dir, "tokenizer", "spm.model")
-    model = load_trained(cfg, debug_splits, tokenizer_path)
+    model = debug_trained[1]
     texts = [str(t) for t in debug_splits.texts["test"][:64]] + HOSTILE_TEXTS
     loaded = tf.saved_model.load(saved_model_dir)
     out = loaded.signatures["serving_default"](text=tf.constant(texts))
@@ -82,15 +81,10 @@ def test_bundle_manifest_hashes_match(edge_bundle):
         assert sha256(os.path.join(edge_bundle, name)) == digest
 
 
-def test_crash_mid_export_keeps_the_previous_version(debug_run, saved_model_dir,
-                                                     monkeypatch, debug_splits):
+def test_crash_mid_export_keeps_the_previous_version(debug_run, saved_model_dir):
     """A failure while writing leaves the existing version directory untouched."""
     from export.saved_model import export_serving
-    from pipeline.cli import load_trained
 
-    cfg, _ = debug_run
-    tokenizer_path = os.path.join(cfg.run_dir, "tokenizer", "spm.model")
-    model = load_trained(cfg, debug_splits, tokenizer_path)
     before = sorted(os.listdir(saved_model_dir))
 
     class CrashingArchive:
@@ -100,14 +94,14 @@ def test_crash_mid_export_keeps_the_previous_version(debug_run, saved_model_dir,
                 f.write(b"half")
             raise OSError("disk full (simulated)")
 
-    import export.saved_model
+    class CrashingModule:   # an export module whose SavedModel write fails
+        def serving_archive(self):
+            return CrashingArchive()
 
-    monkeypatch.setattr(export.saved_model, "build_serving_archive",
-                        lambda *args, **kwargs: CrashingArchive())
     root = os.path.dirname(os.path.dirname(saved_model_dir))
     version = int(os.path.basename(saved_model_dir))
     with pytest.raises(OSError, match="simulated"):
-        export_serving(model, tokenizer_path, debug_splits.label_names, root,
+        export_serving(CrashingModule(), root,
                        os.path.basename(os.path.dirname(saved_model_dir)), version=version,
                        log=lambda *_: None)
     assert sorted(os.listdir(saved_model_dir)) == before

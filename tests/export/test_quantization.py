@@ -136,15 +136,13 @@ def test_report_files_are_written(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def debug_model(debug_run, debug_splits):
-    from pipeline.cli import calibration_token_ids, load_trained, test_token_ids
+def debug_model(debug_run, debug_trained):
+    from export.modules import make_export_module
 
     cfg, _ = debug_run
-    cfg = dataclasses.replace(cfg, export=dataclasses.replace(
-        cfg.export, int8_calibration_examples=200))
-    tokenizer_path = os.path.join(cfg.run_dir, "tokenizer", "spm.model")
-    model = load_trained(cfg, debug_splits, tokenizer_path)
-    ids, labels = test_token_ids(cfg, debug_splits, tokenizer_path)
+    task, model = debug_trained
+    module = make_export_module(task, model)
+    ids, labels = module.test_split()
     probabilities = []
     for i in range(0, len(ids), 256):
         batch = ids[i:i + 256]
@@ -152,8 +150,9 @@ def debug_model(debug_run, debug_splits):
                                   training=False))
         e = np.exp(logits - logits.max(-1, keepdims=True))
         probabilities.append(e / e.sum(-1, keepdims=True))
-    return {"cfg": cfg, "model": model, "tokenizer": tokenizer_path,
-            "calibration": calibration_token_ids(cfg, debug_splits, tokenizer_path),
+    calibration = module.calibration_inputs("serving_default", 200, cfg.train.seed)
+    return {"cfg": cfg, "model": model, "module": module,
+            "tokenizer": task.tokenizer_path, "calibration": calibration,
             "ids": ids, "labels": labels, "probabilities": np.concatenate(probabilities)}
 
 
@@ -163,14 +162,14 @@ def test_every_variant_converts_and_runs(debug_model, tmp_path):
     from export.tflite import evaluate_tflite, export_tflite, tensor_details
 
     d = debug_model
-    assert d["calibration"].shape == (200, d["cfg"].model.max_sequence_length)
-    assert d["calibration"].dtype == np.int32
+    assert len(d["calibration"]) == 200
+    first = d["calibration"][0]["token_ids"]
+    assert first.shape == (1, d["cfg"].model.max_sequence_length) and first.dtype == np.int32
     failures = {}
-    paths = export_tflite(d["model"], list(VARIANTS), str(tmp_path), log=lambda *_: None,
+    paths = export_tflite(d["module"], list(VARIANTS), str(tmp_path), log=lambda *_: None,
                           recipe=QuantizationRecipe(d["calibration"]), failures=failures)
     assert failures == {} and set(paths) == set(VARIANTS)
-    results = evaluate_tflite(paths, d["ids"][:300], d["labels"][:300],
-                              d["probabilities"][:300], latency_runs=100,
+    results = evaluate_tflite(paths, d["module"], d["probabilities"], latency_runs=100,
                               log=lambda *_: None, failures=failures)
     assert failures == {} and set(results) == set(VARIANTS)
     sizes = {v: r["size_bytes"] for v, r in results.items()}
@@ -194,26 +193,28 @@ def test_every_variant_converts_and_runs(debug_model, tmp_path):
 def test_int8_bundle_with_int8_output_classifies_through_the_app(debug_model, tmp_path):
     from export.bundle import write_bundle
     from export.quantize import QuantizationRecipe
-    from export.tflite import TFLiteClassifier, export_tflite
+    from export.tflite import TFLiteModel, export_tflite
     from tests.conftest import HOSTILE_TEXTS
 
-    d = debug_model
+    d, module = debug_model, debug_model["module"]
     recipe = QuantizationRecipe(d["calibration"], int8_output="int8")
-    paths = export_tflite(d["model"], ["int8"], str(tmp_path / "edge"), log=lambda *_: None,
+    paths = export_tflite(module, ["int8"], str(tmp_path / "edge"), log=lambda *_: None,
                           recipe=recipe)
     with open(os.path.join(os.path.dirname(d["tokenizer"]), "labels.txt")) as f:
         labels = [line.strip() for line in f if line.strip()]
-    bundle = write_bundle(str(tmp_path / "bundle"), paths["int8"], d["tokenizer"], labels,
-                          d["cfg"].model.max_sequence_length, "int8", log=lambda *_: None)
+    bundle = write_bundle(str(tmp_path / "bundle"), paths["int8"], "text_classification",
+                          files=module.bundle_files(), manifest=module.bundle_manifest(),
+                          variant="int8", log=lambda *_: None)
     manifest = json.loads(open(os.path.join(bundle, "manifest.json")).read())
-    assert manifest["variant"] == "int8"
-    out = manifest["tensors"]["output"]
+    assert manifest["variant"] == "int8" and manifest["task"] == "text_classification"
+    signature = manifest["signatures"]["serving_default"]
+    out = signature["outputs"]["probabilities"]
     assert out["dtype"] == "int8" and out["quantization"]["scale"] > 0
-    assert manifest["tensors"]["input"]["dtype"] == "int32"
+    assert signature["inputs"]["token_ids"]["dtype"] == "int32"
     assert manifest["input_name"] == "token_ids" and manifest["pad_id"] == 0
 
     ids, keras_prob = d["ids"][:200], d["probabilities"][:200]
-    tflite_prob = TFLiteClassifier(paths["int8"]).predict(ids)
+    tflite_prob = module.predict_tflite(TFLiteModel(paths["int8"]), ids)
     assert np.mean(tflite_prob.argmax(-1) == keras_prob.argmax(-1)) >= 0.9
 
     from pipeline.sources import load_splits
@@ -238,7 +239,7 @@ def test_int8_bundle_with_int8_output_classifies_through_the_app(debug_model, tm
 
     app_ids = InGraphTokenizer(read_model(d["tokenizer"]), d["cfg"].model.max_sequence_length)(
         tf.constant(texts[:40])).numpy()
-    want = TFLiteClassifier(paths["int8"]).predict(app_ids)
+    want = module.predict_tflite(TFLiteModel(paths["int8"]), app_ids)
     assert [g["label"] for g in got[:40]] == [labels[i] for i in want.argmax(-1)]
     np.testing.assert_allclose([g["probability"] for g in got[:40]], want.max(-1), atol=1e-6)
 
@@ -259,5 +260,5 @@ def test_debug_run_writes_the_report_and_a_gated_bundle(debug_run):
     assert manifest["variant_choice"]["reason"] == summary["reason"]
     assert metrics["tflite"][chosen]["accuracy"] >= metrics["tflite"]["float32"]["accuracy"] - 0.005
     for key in ("input_name", "output_name", "max_sequence_length", "pad_id", "files",
-                "pipeline_version", "tensors"):
+                "pipeline_version", "signatures", "task"):
         assert key in manifest

@@ -64,10 +64,15 @@ def test_weights_exist_after_one_call_or_build():
     built.build({"token_ids": (None, 8), "padding_mask": (None, 8)})
     # Embedding 1, two blocks of 16, final norm 2, head 2.
     assert len(called.weights) == len(built.weights) == 1 + 2 * 16 + 2 + 2
-    assert len(called.encoder_layers) == 2
-    assert called.embedding.token_embedding.embeddings.shape == (64, 32)
-    assert called.final_layer_norm is not None
-    assert _model(norm_first=False).final_layer_norm is None
+    assert len(called.backbone.encoder_layers) == 2
+    assert called.backbone.embedding.token_embedding.embeddings.shape == (64, 32)
+    assert called.backbone.final_layer_norm is not None
+    assert _model(norm_first=False).backbone.final_layer_norm is None
+    # The backbone holds every weight but the head's.
+    assert len(called.backbone.weights) == len(called.weights) - 2
+    groups = called.backbone.layer_groups()
+    assert [len(g) for g in groups] == [1, 16, 16, 2]
+    assert len(_model(norm_first=False).backbone.layer_groups()[-1]) == 0
 
 
 def test_config_round_trip():

@@ -1,4 +1,5 @@
-"""`python -m pipeline bench` at a tiny shape: printed ratios, JSON and markdown.
+"""`python -m pipeline bench` at a tiny shape: printed ratios, JSON and markdown;
+and the report alone, from the committed docs/benchmarks.json.
 
 A benchmark is not a timed test: nothing here asserts a speed, only that every
 figure is produced, is a positive number and lands where it was asked to.
@@ -112,7 +113,7 @@ def test_bench_writes_markdown_to_the_given_path_and_leaves_docs_alone(bench_run
 
 
 def test_flop_formula_matches_the_issue():
-    from pipeline.bench import forward_flops_per_example, training_flops_per_example
+    from pipeline.bench.measure import forward_flops_per_example, training_flops_per_example
 
     s, h, ff, layers, classes = 128, 256, 1024, 4, 4
     per_layer = 4 * 2 * s * h * h + 2 * 2 * s * s * h + 2 * 2 * s * h * ff
@@ -129,3 +130,47 @@ def test_bench_rejects_bad_flags(capsys):
     assert "--hidden 30 must be divisible by --heads 4" in capsys.readouterr().err
     assert main(["bench", "--quick", "--variants", "int8"]) == 2
     assert "--variants must include float32" in capsys.readouterr().err
+
+
+GENERATED_HEADINGS = ("## Machine", "## Targets", "## Training throughput",
+                      "## FLOPs and utilisation", "## Input pipeline", "## Latency",
+                      "## Where the time goes", "## Printed output")
+
+
+def committed_results() -> dict:
+    with open(os.path.join(ROOT, "docs", "benchmarks.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_report_keeps_the_sections_it_does_not_write_and_replaces_its_own(tmp_path):
+    from pipeline.bench import report
+
+    page = tmp_path / "BENCH.md"
+    page.write_text("# Benchmarks\n\nold intro\n\n## Targets\n\nstale targets\n\n"
+                    "## Notes\n\nhand-written, kept\n\n```\n## not a heading\n```\n\n"
+                    "## Printed output\n\n```\n## stale printed output\n```\n")
+    results = committed_results()
+    text = report.format_summary(results)
+    report.write_markdown(str(page), results, text)
+    report.write_markdown(str(page), results, text)   # a rerun keeps it once
+    written = page.read_text()
+    assert "stale" not in written and "old intro" not in written
+    assert written.count("## Notes\n\nhand-written, kept\n\n```\n## not a heading\n```") == 1
+    assert written.index("## Notes") < written.index("## Printed output")
+    for heading in GENERATED_HEADINGS:
+        assert written.count(f"\n{heading}\n") == 1, heading
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
+def test_committed_page_is_the_committed_json_rendered(tmp_path):
+    """docs/BENCHMARKS.md is what report.py writes from docs/benchmarks.json (plus
+    its hand-written sections): after a change to report.py, rerun the bench or
+    `report.render_markdown("docs/benchmarks.json", "docs/BENCHMARKS.md")`."""
+    from pipeline.bench import report
+
+    committed = os.path.join(ROOT, "docs", "BENCHMARKS.md")
+    page = tmp_path / "BENCHMARKS.md"
+    page.write_text(open(committed, encoding="utf-8").read())
+    report.render_markdown(os.path.join(ROOT, "docs", "benchmarks.json"), str(page))
+    assert page.read_text() == open(committed, encoding="utf-8").read()
+    assert "## Code layout" in page.read_text() and "## Measured history" in page.read_text()

@@ -80,3 +80,22 @@ def test_resolved_config_round_trips(tmp_path):
     again = load_config(str(out))
     assert again.to_dict() == cfg.to_dict()
     assert yaml.safe_load(out.read_text())["train"]["epochs"] == 4
+
+
+def test_task_key_defaults_to_text_classification_and_names_unknown_tasks():
+    from pipeline.tasks import get_task_class, task_names
+
+    assert load_config(None).task == "text_classification"
+    assert {"text_classification", "masked_lm"} <= set(task_names())
+    assert get_task_class("text_classification").best_metric == "accuracy"
+    with pytest.raises(ConfigError, match=r"config key 'task' = 'text_clasification'.*"
+                                          r"did you mean 'text_classification'"):
+        load_config(None, ["task=text_clasification"])
+
+
+def test_each_task_validates_its_own_sections():
+    # text classification checks model.pooling; masked-LM pre-training its section
+    with pytest.raises(ConfigError, match=r"config key 'model\.pooling'"):
+        load_config(None, ["model.pooling=max"])
+    with pytest.raises(ConfigError, match=r"config key 'pretrain\.mask_rate'"):
+        load_config(None, ["pretrain.enabled=true", "pretrain.mask_rate=1.5"])

@@ -1,6 +1,7 @@
 """Tokenizer and tf.data input: ids identical across runtimes, eager == map."""
 
 import os
+from functools import partial
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import sentencepiece as spm
 import tensorflow as tf
 
 from pipeline.input import (batch_examples, bucket_boundaries, make_eval_dataset,
-                            make_train_dataset, tokenize_examples)
+                            make_train_dataset, tokenize, tokenize_examples)
 from pipeline.tokenizer import PAD_ID, InGraphTokenizer, read_model
 from tests.conftest import HOSTILE_TEXTS
 
@@ -40,7 +41,7 @@ def test_ids_identical_in_tf_data_saved_model_and_sentencepiece(
     tokenizer = InGraphTokenizer(read_model(tokenizer_path), length)
     source = tf.data.Dataset.from_tensor_slices({"text": texts, "label": [0] * len(texts)})
     from_tf_data = np.concatenate([b[0]["token_ids"].numpy() for b in make_eval_dataset(
-        source, tokenizer, cfg, 512)])
+        source, partial(tokenize, tokenizer), cfg, 512)])
     loaded = tf.saved_model.load(saved_model_dir)
     from_saved_model = np.concatenate([
         loaded.signatures["tokenize"](text=tf.constant(texts[i:i + 512]))["token_ids"].numpy()
@@ -67,7 +68,7 @@ def test_bucketing_pads_to_boundaries_and_keeps_every_example(tokenizer_path, de
     tokenizer = InGraphTokenizer(read_model(tokenizer_path), 32)
     texts = [" ".join(["cat"] * n) for n in range(0, 40)]
     source = tf.data.Dataset.from_tensor_slices({"text": texts, "label": list(range(40))})
-    examples = tokenize_examples(source, tokenizer)
+    examples = tokenize_examples(source, partial(tokenize, tokenizer))
     batches = list(batch_examples(examples, 4, 32, bucket=True, drop_remainder=False))
     assert bucket_boundaries(32) == [8, 16, 32]
     seen = []
@@ -80,7 +81,7 @@ def test_bucketing_pads_to_boundaries_and_keeps_every_example(tokenizer_path, de
 
 def test_train_stream_is_deterministic_and_skip_resumes_it(
         tokenizer_path, debug_config, debug_splits):
-    tokenizer = InGraphTokenizer(read_model(tokenizer_path), 32)
+    tokenizer = partial(tokenize, InGraphTokenizer(read_model(tokenizer_path), 32))
     source = debug_splits.dataset("train")
     first = [b[1].numpy() for b in make_train_dataset(source, tokenizer, debug_config, 8)
              .take(6)]
@@ -92,3 +93,20 @@ def test_train_stream_is_deterministic_and_skip_resumes_it(
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(resumed[0], first[4])
     np.testing.assert_array_equal(resumed[1], first[5])
+
+
+def test_task_preprocess_is_the_same_eagerly_and_in_dataset_map(debug_config):
+    """The task's preprocessing is a pure dict -> dict function."""
+    from pipeline.workflow import prepare
+
+    task = prepare(debug_config, log=lambda *_: None)
+    examples = {"text": tf.constant(HOSTILE_TEXTS), "label": tf.range(len(HOSTILE_TEXTS))}
+    eager = task.preprocess(examples)
+    mapped = next(iter(tf.data.Dataset.from_tensor_slices(examples)
+                       .batch(len(HOSTILE_TEXTS)).map(task.preprocess)))
+    assert set(eager) == {"token_ids", "length", "label"}
+    for key in eager:
+        np.testing.assert_array_equal(eager[key].numpy(), mapped[key].numpy())
+    lengths = eager["length"].numpy()
+    assert lengths[0] == 0 and lengths[1] == 0   # empty, whitespace
+    assert lengths[2] == debug_config.model.max_sequence_length   # 100 kB, cut

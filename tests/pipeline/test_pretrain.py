@@ -2,6 +2,7 @@
 BERT, and fine-tuning starts from the pre-trained encoder and its tokenizer."""
 
 import os
+from functools import partial
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ WORDNET_DIR = "/usr/share/wordnet"
 
 def _test_noun_glosses():
     from pipeline.datasets.wordnet_topics import split_of
-    from pipeline.pretrain import parse_gloss_line
+    from pipeline.tasks.masked_lm import parse_gloss_line
 
     glosses = set()
     with open(os.path.join(WORDNET_DIR, "data.noun"), encoding="utf-8") as f:
@@ -28,7 +29,7 @@ def test_no_test_split_gloss_in_the_pretraining_corpus(debug_splits, debug_confi
     """Every gloss of a test noun synset (the task's md5 split of the synset
     offset, whatever max_examples_per_split keeps) is absent from the corpus,
     as a gloss and as a whole task text."""
-    from pipeline.pretrain import build_corpus
+    from pipeline.tasks.masked_lm import build_corpus
 
     corpus, stats = build_corpus(debug_config, debug_splits, log=lambda *_: None)
     test_glosses = _test_noun_glosses()
@@ -49,7 +50,7 @@ def test_a_repeated_held_out_gloss_is_dropped_from_other_files(tmp_path, debug_s
     """An external corpus line equal to a test gloss or test text is dropped."""
     import dataclasses
 
-    from pipeline.pretrain import build_corpus
+    from pipeline.tasks.masked_lm import build_corpus
 
     test_text = str(debug_splits.texts["test"][0])
     path = tmp_path / "extra.txt"
@@ -62,7 +63,7 @@ def test_a_repeated_held_out_gloss_is_dropped_from_other_files(tmp_path, debug_s
 
 
 def test_adjective_markers_and_underscores_are_removed():
-    from pipeline.pretrain import parse_gloss_line
+    from pipeline.tasks.masked_lm import parse_gloss_line
 
     line = ("00002312 00 a 02 abaxial(a) 0 dorsal_side 4 000 | facing away from "
             "the axis of an organ; \"the abaxial surface\"  ")
@@ -78,7 +79,8 @@ def test_masking_follows_bert(debug_config, tmp_path):
 
     import tensorflow as tf
 
-    from pipeline.pretrain import make_mlm_dataset
+    from pipeline.input import tokenize
+    from pipeline.tasks.masked_lm import make_mlm_dataset
     from pipeline.tokenizer import (MASK_TOKEN, PAD_ID, InGraphTokenizer, read_model,
                                     token_id, train_sentencepiece)
 
@@ -92,7 +94,7 @@ def test_masking_follows_bert(debug_config, tmp_path):
     cfg = dataclasses.replace(debug_config, pretrain=dataclasses.replace(
         debug_config.pretrain, max_predictions=8))
     tokenizer = InGraphTokenizer(read_model(spm_path), cfg.model.max_sequence_length)
-    data = make_mlm_dataset(texts, tokenizer, cfg, 64, mask_id, 120)
+    data = make_mlm_dataset(texts, partial(tokenize, tokenizer), cfg, 64, mask_id, 120)
     selected = masked = real = 0
     for inputs, targets in data.take(10):
         ids = inputs["token_ids"].numpy()
@@ -112,28 +114,44 @@ def test_masking_follows_bert(debug_config, tmp_path):
     assert isinstance(inputs["token_ids"], tf.Tensor)
 
 
+def classifier(cfg, vocab_size=50, num_classes=3):
+    import tensorflow as tf
+
+    from models import TextClassifier
+
+    m = cfg.model
+    model = TextClassifier(vocab_size, num_classes, hidden_dim=m.hidden_dim,
+                           intermediate_dim=m.intermediate_dim, num_heads=m.num_heads,
+                           num_layers=m.num_layers, max_sequence_length=m.max_sequence_length)
+    model({"token_ids": tf.zeros((1, 8), tf.int32), "padding_mask": tf.ones((1, 8), bool)})
+    return model
+
+
 def test_layerwise_learning_rates(debug_config):
-    """Multiplier 0 freezes the encoder; the head still learns."""
+    """Factors follow the backbone's layer groups; multiplier 0 freezes the
+    backbone while the head still learns."""
     import dataclasses
 
     import keras
     import tensorflow as tf
 
-    from pipeline.train import LayerwiseAdamW, build_model, learning_rate_multiplier
+    from pipeline.trainer import LayerwiseAdamW, layerwise_multipliers
 
-    train_cfg = dataclasses.replace(debug_config.train,
-                                    encoder_learning_rate_multiplier=0.0)
-    multiplier = learning_rate_multiplier(
-        dataclasses.replace(train_cfg, encoder_learning_rate_multiplier=1.0,
-                            layer_decay=0.5), num_layers=2)
-    assert multiplier("text_classifier/transformer_layer_1/x/kernel") == 0.5
-    assert multiplier("text_classifier/transformer_layer_0/x/kernel") == 0.25
-    assert multiplier("text_classifier/embedding/token_embedding/embeddings") == 0.125
-    assert multiplier("text_classifier/logits/kernel") == 1.0
+    cfg = dataclasses.replace(debug_config, model=dataclasses.replace(
+        debug_config.model, num_layers=2))
+    model = classifier(cfg)
+    factors = layerwise_multipliers(model.backbone.layer_groups(), layer_decay=0.5)
+    assert factors[model.backbone.final_layer_norm.trainable_variables[0].path] == 1.0
+    assert all(factors[v.path] == 0.5
+               for v in model.backbone.encoder_layers[1].trainable_variables)
+    assert all(factors[v.path] == 0.25
+               for v in model.backbone.encoder_layers[0].trainable_variables)
+    assert factors[model.backbone.embedding.token_embedding.embeddings.path] == 0.125
+    assert not any(v.path in factors for v in model.classifier_head.trainable_variables)
+    assert len(factors) == len(model.backbone.trainable_variables)
 
-    model = build_model(debug_config, vocab_size=50, num_classes=3)
-    optimizer = LayerwiseAdamW(learning_rate_multiplier(train_cfg, 1),
-                               learning_rate=0.01, weight_decay=0.0)
+    frozen = layerwise_multipliers(model.backbone.layer_groups(), multiplier=0.0)
+    optimizer = LayerwiseAdamW(frozen, learning_rate=0.01, weight_decay=0.0)
     optimizer.build(model.trainable_variables)
     before = {v.path: v.numpy().copy() for v in model.trainable_variables}
     inputs = {"token_ids": tf.constant([[5, 6, 7, 0]]),
@@ -154,11 +172,10 @@ def test_pretrain_then_finetune_starts_from_the_encoder(tmp_path, tfds_dir):
     has the masked-LM curves, and a second run reuses the cache."""
     import tensorflow as tf
 
-    from pipeline.cli import prepare
     from pipeline.config import load_config
-    from pipeline.pretrain import SUMMARY_FILE
-    from pipeline.tokenizer import MASK_TOKEN, token_id, vocabulary_size
-    from pipeline.train import EncoderVariables, build_model, init_from_pretrained
+    from pipeline.tasks.masked_lm import SUMMARY_FILE, backbone_variables
+    from pipeline.tokenizer import MASK_TOKEN, token_id
+    from pipeline.workflow import prepare
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("".join(f"a kind of thing number {i % 97} with parts {i % 11}\n"
@@ -169,7 +186,8 @@ def test_pretrain_then_finetune_starts_from_the_encoder(tmp_path, tfds_dir):
         "pretrain.global_batch_size=16", "pretrain.log_every_steps=10",
         "tokenizer.vocabulary_size=300"]).validate()
     lines = []
-    splits, tokenizer_path = prepare(cfg)
+    task = prepare(cfg, log=lines.append)
+    tokenizer_path = task.tokenizer_path
     pretrained = os.path.dirname(os.path.dirname(cfg.model.init_checkpoint))
     assert os.path.isfile(os.path.join(pretrained, SUMMARY_FILE))
     assert token_id(tokenizer_path, MASK_TOKEN) == 4  # the pre-trained tokenizer
@@ -180,10 +198,13 @@ def test_pretrain_then_finetune_starts_from_the_encoder(tmp_path, tfds_dir):
             for v in event.summary.value}
     assert {"loss", "masked_token_accuracy", "learning_rate"} <= tags
 
-    model = build_model(cfg, vocabulary_size(tokenizer_path), splits.num_classes)
-    init_from_pretrained(model, cfg.model.init_checkpoint, log=lines.append)
+    model = task.build_model()
+    task.initialize(model)
+    assert any("initialised from pre-trained" in line for line in lines)
     reader = tf.train.load_checkpoint(cfg.model.init_checkpoint)
-    for key, variable in EncoderVariables(model).by_path.items():
+    by_path = backbone_variables(model.backbone).by_path
+    assert len(by_path) == len(model.backbone.trainable_weights)  # no RNG state
+    for key, variable in by_path.items():
         saved = reader.get_tensor(
             f"encoder/by_path/{key.replace('/', '.S')}/.ATTRIBUTES/VARIABLE_VALUE")
         np.testing.assert_array_equal(saved, variable.numpy())
@@ -192,14 +213,8 @@ def test_pretrain_then_finetune_starts_from_the_encoder(tmp_path, tfds_dir):
         f"runtime.artifacts_root={tmp_path}", f"data.tfds_data_dir={tfds_dir}",
         "pretrain.enabled=true", f"pretrain.corpora=[{corpus}]", "pretrain.steps=30",
         "pretrain.global_batch_size=16", "tokenizer.vocabulary_size=300"]).validate()
-    from pipeline import cli
-
     printed = []
-    original, cli.log = cli.log, printed.append
-    try:
-        prepare(again)
-    finally:
-        cli.log = original
+    prepare(again, log=printed.append)
     assert any("[pretrain] reusing" in line for line in printed)
     assert again.model.init_checkpoint == cfg.model.init_checkpoint
 
@@ -209,14 +224,65 @@ def test_init_checkpoint_of_another_shape_is_a_clear_error(tmp_path, debug_confi
 
     import tensorflow as tf
 
-    from pipeline.train import EncoderVariables, build_model, init_from_pretrained
+    from pipeline.tasks.masked_lm import backbone_variables, init_backbone
 
-    small = build_model(debug_config, vocab_size=50, num_classes=3)
-    path = tf.train.Checkpoint(encoder=EncoderVariables(small)).write(
+    small = classifier(debug_config)
+    path = tf.train.Checkpoint(encoder=backbone_variables(small.backbone)).write(
         str(tmp_path / "encoder" / "encoder-1"))
     other = dataclasses.replace(debug_config, model=dataclasses.replace(
         debug_config.model, hidden_dim=64))
     with pytest.raises(ValueError, match="model.init_checkpoint"):
-        init_from_pretrained(build_model(other, 50, 3), path)
+        init_backbone(classifier(other).backbone, path)
     with pytest.raises(FileNotFoundError, match="model.init_checkpoint"):
-        init_from_pretrained(small, str(tmp_path / "missing"))
+        init_backbone(small.backbone, str(tmp_path / "missing"))
+
+
+@pytest.mark.slow
+def test_sigterm_during_pretraining_saves_and_the_rerun_resumes(tmp_path, tfds_dir):
+    """Pre-training runs on the shared trainer: SIGTERM saves a checkpoint and
+    exits 143; the same command resumes at the next step and finishes."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"a kind of thing number {i % 97} with parts {i % 11}\n"
+                              for i in range(3000)), encoding="utf-8")
+    command = [sys.executable, "-m", "pipeline", "pretrain", DEBUG_CONFIG]
+    for override in (f"runtime.artifacts_root={tmp_path}", f"data.tfds_data_dir={tfds_dir}",
+                     "pretrain.enabled=true", f"pretrain.corpora=[{corpus}]",
+                     "pretrain.steps=200", "pretrain.global_batch_size=16",
+                     "pretrain.log_every_steps=1", "pretrain.checkpoint_every_steps=1000",
+                     "tokenizer.vocabulary_size=300"):
+        command += ["--set", override]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines, deadline = [], time.time() + 300
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if re.match(r"\[pretrain\] step 5/200", line):
+                process.send_signal(signal.SIGTERM)
+            assert time.time() < deadline, "".join(lines[-20:])
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = "".join(lines)
+    assert code == 143, output[-3000:]
+    saved = re.search(r"SIGTERM received: checkpoint (\S+) saved at step (\d+)", output)
+    assert saved, output[-3000:]
+    step = int(saved.group(2))
+    assert 5 <= step < 200 and os.path.isfile(saved.group(1) + ".index")
+    assert "encoder checkpoint" not in output   # no encoder from an unfinished run
+
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resumed from {saved.group(1)} at step {step}/200" in again.stdout
+    assert re.search(rf"\[pretrain\] step {step + 1}/200", again.stdout), again.stdout[-2000:]
+    assert "[pretrain] step 1/200" not in again.stdout
+    assert "[pretrain] encoder checkpoint:" in again.stdout

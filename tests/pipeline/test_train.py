@@ -43,12 +43,10 @@ def small_config(tmp_path, tfds_dir):
 
 
 def train_once(cfg):
-    from pipeline.cli import prepare
-    from pipeline.train import train
+    from pipeline.workflow import prepare, train
 
     lines = []
-    splits, tokenizer_path = prepare(cfg)
-    result = train(cfg, splits, tokenizer_path, log=lines.append)
+    result = train(prepare(cfg, log=lines.append))
     return result, "\n".join(lines)
 
 

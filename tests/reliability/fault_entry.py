@@ -85,6 +85,7 @@ def install() -> None:
     import export.bundle
     import export.saved_model
     import export.tflite
+    import pipeline.files
 
     merge = gen_io_ops.merge_v2_checkpoints
 
@@ -153,15 +154,15 @@ def install() -> None:
         return result
 
     os.rename = rename_in_swap
-    exchange = getattr(export.saved_model, "_exchange", None)
-    if exchange is not None:
-        def exchange_in_swap(a, b):
-            swapped = exchange(a, b)
-            if swapped and _context[-1] == "bundle_swap":
-                reach("bundle.swapped", f"exchange {a} <-> {b}")
-            return swapped
+    exchange = pipeline.files._exchange
 
-        export.saved_model._exchange = exchange_in_swap
+    def exchange_in_swap(a, b):
+        swapped = exchange(a, b)
+        if swapped and _context[-1] == "bundle_swap":
+            reach("bundle.swapped", f"exchange {a} <-> {b}")
+        return swapped
+
+    pipeline.files._exchange = exchange_in_swap
 
 
 if __name__ == "__main__":

@@ -93,17 +93,16 @@ def reference(debug_splits, saved_model_dir):
 
 
 @pytest.fixture(scope="session")
-def keras_labels(debug_run, debug_splits, reference):
+def keras_labels(debug_run, debug_splits, reference, debug_trained):
     """The trained Keras model's labels for reference["texts"]."""
     import numpy as np
     import tensorflow as tf
 
-    from pipeline.cli import load_trained
     from pipeline.tokenizer import InGraphTokenizer, read_model
 
     cfg, _ = debug_run
     tokenizer_path = os.path.join(cfg.run_dir, "tokenizer", "spm.model")
-    model = load_trained(cfg, debug_splits, tokenizer_path)
+    model = debug_trained[1]
     ids = InGraphTokenizer(read_model(tokenizer_path), cfg.model.max_sequence_length)(
         tf.constant(reference["texts"]))
     logits = model({"token_ids": ids, "padding_mask": ids != 0}, training=False)

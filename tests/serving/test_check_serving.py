@@ -60,7 +60,7 @@ def test_command_line_exit_codes(saved_model_dir, py_function_saved_model, tmp_p
 
 
 def test_export_serving_refuses_a_model_with_the_planted_op(py_function_saved_model,
-                                                           tmp_path, monkeypatch):
+                                                           tmp_path):
     """export_serving runs the check on its temp dir and keeps no version dir."""
     import shutil
 
@@ -70,11 +70,17 @@ def test_export_serving_refuses_a_model_with_the_planted_op(py_function_saved_mo
         def write_out(self, path, verbose=False):
             shutil.copytree(py_function_saved_model, path)
 
-    monkeypatch.setattr(saved_model, "build_serving_archive", lambda *a, **k: PlantedArchive())
-    tokenizer = tmp_path / "spm.model"
-    tokenizer.write_bytes(b"not used")
+    class PlantedModule:   # an export module whose graph holds EagerPyFunc
+        def serving_archive(self):
+            return PlantedArchive()
+
+        def serving_assets(self):
+            return {}
+
+        def warmup_requests(self):
+            return []
+
     root = tmp_path / "serving"
     with pytest.raises(check_serving.ServingCheckError, match="EagerPyFunc"):
-        saved_model.export_serving(None, str(tokenizer), ["a", "b"], str(root), "m",
-                                   log=lambda *_: None)
+        saved_model.export_serving(PlantedModule(), str(root), "m", log=lambda *_: None)
     assert os.listdir(root / "m") == []   # neither 1/ nor the temp dir

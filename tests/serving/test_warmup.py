@@ -45,8 +45,10 @@ def test_every_warmup_record_replays_through_the_local_server(local_server,
 
 
 def test_warmup_rejects_an_empty_text_list(tmp_path):
-    from export.warmup import write_warmup_requests
+    from export.warmup import text_requests, write_warmup_requests
 
     with pytest.raises(ValueError, match="at least one text"):
+        text_requests([])
+    with pytest.raises(ValueError, match="at least one request"):
         write_warmup_requests(str(tmp_path), [], "m")
     assert not os.path.exists(warmup_path(str(tmp_path)))

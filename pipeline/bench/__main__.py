@@ -1,0 +1,5 @@
+import sys
+
+from pipeline.bench import main
+
+sys.exit(main())
