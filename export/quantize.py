@@ -40,8 +40,8 @@ calls `tf.lite.experimental.QuantizationDebugger` makes).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import numpy as np
 

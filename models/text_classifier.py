@@ -3,11 +3,13 @@
 import keras
 from keras import ops
 
-from models.layers._utils import check_dropout, check_positive_ints
+from models.layers._utils import check_positive_ints
 from models.layers.dropout import Dropout
 from models.transformer_encoder_backbone import TransformerEncoderBackbone
 
 _POOLING_MODES = ("mean", "first")
+_BACKBONE_ARGUMENTS = ("vocabulary_size", "hidden_dim", "intermediate_dim", "num_heads",
+                       "num_layers", "dropout", "max_sequence_length", "norm_first")
 
 
 @keras.saving.register_keras_serializable(package="transformer_pipeline")
@@ -92,34 +94,7 @@ class TextClassifier(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_positive_ints(
-            vocabulary_size=vocabulary_size, num_classes=num_classes,
-            hidden_dim=hidden_dim, intermediate_dim=intermediate_dim,
-            num_heads=num_heads, num_layers=num_layers,
-            max_sequence_length=max_sequence_length,
-        )
-        if hidden_dim % num_heads != 0:
-            raise ValueError(
-                "`hidden_dim` must be divisible by `num_heads`. "
-                f"Received: hidden_dim={hidden_dim}, num_heads={num_heads}"
-            )
-        check_dropout(dropout)
-        if pooling not in _POOLING_MODES:
-            raise ValueError(
-                f"`pooling` must be one of {_POOLING_MODES}. "
-                f"Received: pooling={pooling!r}"
-            )
-        self.vocabulary_size = vocabulary_size
-        self.num_classes = num_classes
-        self.hidden_dim = hidden_dim
-        self.intermediate_dim = intermediate_dim
-        self.num_heads = num_heads
-        self.num_layers = num_layers
-        self.dropout = dropout
-        self.max_sequence_length = max_sequence_length
-        self.norm_first = norm_first
-        self.pooling = pooling
-
+        # The backbone checks its own arguments.
         self.backbone = TransformerEncoderBackbone(
             vocabulary_size=vocabulary_size,
             hidden_dim=hidden_dim,
@@ -132,6 +107,17 @@ class TextClassifier(keras.Model):
             dtype=self.dtype_policy,
             name="backbone",
         )
+        check_positive_ints(num_classes=num_classes)
+        if pooling not in _POOLING_MODES:
+            raise ValueError(
+                f"`pooling` must be one of {_POOLING_MODES}. "
+                f"Received: pooling={pooling!r}"
+            )
+        self.num_classes = num_classes
+        self.pooling = pooling
+        for name in _BACKBONE_ARGUMENTS:
+            setattr(self, name, getattr(self.backbone, name))
+
         # The pooled vector and the head are float32 under every policy.
         self.output_dropout = Dropout(
             dropout, dtype="float32", name="output_dropout"
@@ -199,18 +185,6 @@ class TextClassifier(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "vocabulary_size": self.vocabulary_size,
-                "num_classes": self.num_classes,
-                "hidden_dim": self.hidden_dim,
-                "intermediate_dim": self.intermediate_dim,
-                "num_heads": self.num_heads,
-                "num_layers": self.num_layers,
-                "dropout": self.dropout,
-                "max_sequence_length": self.max_sequence_length,
-                "norm_first": self.norm_first,
-                "pooling": self.pooling,
-            }
-        )
+        config.update({name: getattr(self, name) for name in _BACKBONE_ARGUMENTS})
+        config.update({"num_classes": self.num_classes, "pooling": self.pooling})
         return config

@@ -152,8 +152,8 @@ def main(argv=None) -> int:
                 raise ConfigError("config key 'pretrain.enabled' = False: this config "
                                   "has no pre-training (see configs/"
                                   "text_classification_pretrained.yaml)")
-            from pipeline.tasks.masked_lm import pretrain
             from pipeline.sources import load_splits
+            from pipeline.tasks.masked_lm import pretrain
 
             strategy = _strategy_first(cfg)
             splits = load_splits(cfg.data, cfg.runtime.artifacts_root, log=workflow.log)

@@ -17,7 +17,6 @@ from typing import Any
 
 import yaml
 
-
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 
 
@@ -252,9 +251,9 @@ class ExperimentConfig:
     def run_dir(self) -> str:
         return os.path.join(self.runtime.artifacts_root, self.name)
 
-    def validate(self) -> "ExperimentConfig":
+    def validate(self) -> ExperimentConfig:
         """Checks cross-field rules; raises ConfigError naming the keys."""
-        m, t, r, d, e = self.model, self.train, self.runtime, self.data, self.export
+        m, t, r, e = self.model, self.train, self.runtime, self.export
         _check(bool(self.name) and self.name.isprintable() and "/" not in self.name
                and self.name not in (".", ".."), "name", self.name,
                "a non-empty printable name without '/', not '.' or '..'")

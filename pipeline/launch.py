@@ -48,8 +48,8 @@ def _stream(process: subprocess.Popen, prefix: str) -> None:
 
 def launch(config: str, overrides: list[str], workers: int, command: str = "run",
            timeout: float = 0, grace_seconds: float | None = None) -> int:
-    from pipeline.workflow import prepare
     from pipeline.config import load_config
+    from pipeline.workflow import prepare
 
     if workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)

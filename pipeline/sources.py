@@ -208,7 +208,7 @@ def _parse_rows(path: str, fmt: str, text_col: str, label_col: str):
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise DataError(f"{path}: row {number}: not valid JSON: {err.msg}")
+                    raise DataError(f"{path}: row {number}: not valid JSON: {err.msg}") from None
                 except RecursionError:
                     raise DataError(f"{path}: row {number}: not valid JSON here: nested "
                                     "too deeply") from None

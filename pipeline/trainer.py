@@ -26,7 +26,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import summaries
 from pipeline.config import TrainConfig
 from pipeline.distribute import get_strategy, worker_info
 from pipeline.progress import format_duration

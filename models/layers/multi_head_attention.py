@@ -189,8 +189,8 @@ class MultiHeadAttention(keras.layers.Layer):
     # of `keras.layers.MultiHeadAttention`), but run as one 2-D matmul each:
     # the einsum "abc,cde->abde" runs as a batch matmul broadcasting the
     # kernel over the batch, and its kernel gradient as a batch of products
-    # then a sum. The 2-D form made the bfloat16 training step about 1.5%
-    # faster in an A/B at the bench's shape (issue #8).
+    # then a sum; the 2-D form avoids both (docs/BENCHMARKS.md, "Measured
+    # history").
 
     def _project(self, dense, inputs, contracted):
         """`dense` (an `EinsumDense`) on `inputs` (batch, seq, ...) as one 2-D

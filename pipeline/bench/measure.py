@@ -37,10 +37,13 @@ import tempfile
 import time
 from dataclasses import asdict
 
-from pipeline.bench.cases import (BenchExport, OursCase, ReferenceCase,
-                                  experiment_config)
-from pipeline.bench.settings import (TARGET_EDGE_RATIO, TARGET_INPUT_RATIO,
-                                     TARGET_TRAINING_RATIO, Settings)
+from pipeline.bench.cases import BenchExport, OursCase, ReferenceCase, experiment_config
+from pipeline.bench.settings import (
+    TARGET_EDGE_RATIO,
+    TARGET_INPUT_RATIO,
+    TARGET_TRAINING_RATIO,
+    Settings,
+)
 
 WORDNET_NOUNS = "/usr/share/wordnet/data.noun"
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
@@ -648,7 +651,7 @@ def measure_all(s: Settings, command: str) -> dict:
     """Runs every section; returns the results as one JSON-ready dict (what
     docs/benchmarks.json holds). `command` is the bench's command line."""
     started = time.time()
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     load_start = load_average()
     log(f"== bench: {', '.join(f'{k} {v}' for k, v in s.shape().items())}; "
         f"load average at start {load_start}")

@@ -39,7 +39,6 @@ import json
 import os
 import re
 import shutil
-import time
 
 from pipeline.config import ExperimentConfig, TrainConfig, check
 from pipeline.datasets.wordnet_topics import read_parsed, split_of
@@ -358,8 +357,13 @@ class MaskedLMTask(Task):
     def prepare(self, strategy=None) -> None:
         """The corpus (the classification task's held-out texts excluded) and
         the tokenizer with [MASK]."""
-        from pipeline.tokenizer import (MASK_TOKEN, InGraphTokenizer, read_model,
-                                        token_id, train_sentencepiece)
+        from pipeline.tokenizer import (
+            MASK_TOKEN,
+            InGraphTokenizer,
+            read_model,
+            token_id,
+            train_sentencepiece,
+        )
 
         if self.corpus is None:
             from pipeline.sources import load_splits

@@ -235,8 +235,7 @@ class TextClassificationTask(Task):
     def evaluate(self, model, baseline=True):
         """Test accuracy, macro-F1, per-class F1, the confusion matrix PNG and
         the TF-IDF + linear SVM baseline on the same split and text."""
-        from pipeline.evaluate import (classification_metrics, plot_confusion_matrix,
-                                       tfidf_baseline)
+        from pipeline.evaluate import classification_metrics, plot_confusion_matrix, tfidf_baseline
         from pipeline.progress import Progress, counted
         from pipeline.trainer import validate
 

@@ -68,7 +68,7 @@ def copy_bundle(src: Path, dst: Path) -> Path:
 def assert_clean_error(proc, code: int, *needles: str):
     assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr
     for n in needles:
         assert n in errors[0], errors[0]
@@ -91,7 +91,7 @@ def test_cli_arguments(bundle_dir, bundle):
         assert float(prob) == pytest.approx(exp["probability"], abs=1e-4)
         assert float(latency) >= 0
         assert preview == text
-    stats = [l for l in proc.stderr.splitlines() if l.startswith("latency_ms:")]
+    stats = [line for line in proc.stderr.splitlines() if line.startswith("latency_ms:")]
     assert len(stats) == 1
     for key in ("count=3", "mean=", "p50=", "p90=", "p99="):
         assert key in stats[0]
@@ -103,7 +103,7 @@ def test_cli_stdin_lines(bundle_dir, bundle):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 3  # one result per input line, an empty line included
-    assert [l.split("\t")[0] for l in lines] == [r["label"] for r in bundle.classify(texts)]
+    assert [line.split("\t")[0] for line in lines] == [r["label"] for r in bundle.classify(texts)]
     assert "count=3" in proc.stderr
 
 
@@ -115,7 +115,7 @@ def test_cli_jsonl(bundle_dir, bundle, tmp_path):
     proc = run_app("--bundle", bundle_dir, "--jsonl", src, "--output", out, "--top-k", 2)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
-    results = [json.loads(l) for l in out.read_text(encoding="utf-8").splitlines()]
+    results = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     texts = ["a domestic cat", "a bare json string", "an oak tree"]
     assert [r["text"] for r in results] == texts
     expected = bundle.classify(texts, top_k=2)
@@ -146,7 +146,7 @@ def test_cli_interactive_prompt(bundle_dir):
         os.close(master)
     assert proc.returncode == 0, err
     assert out.startswith("> ")
-    results = [l for l in out.split("> ") if "\t" in l]
+    results = [part for part in out.split("> ") if "\t" in part]
     assert len(results) == 1 and results[0].rstrip("\n").endswith("\ta small dog")
     assert "count=1" in err
 
@@ -160,7 +160,7 @@ def test_top_k_ordering(bundle):
         probs = [p for _, p in r["top_k"]]
         assert len(r["top_k"]) == n
         assert probs == sorted(probs, reverse=True)
-        assert sorted(l for l, _ in r["top_k"]) == sorted(bundle.labels)
+        assert sorted(label for label, _ in r["top_k"]) == sorted(bundle.labels)
         assert r["top_k"][0] == [r["label"], r["probability"]]
         assert sum(probs) == pytest.approx(1.0, abs=1e-3)
     assert len(bundle.classify(["x"], top_k=n + 5)[0]["top_k"]) == n  # clamped
@@ -193,7 +193,7 @@ def test_edge_case_texts_cli(bundle_dir, bundle, tmp_path):
                            for t in EDGE_TEXTS.values()), encoding="utf-8")
     proc = run_app("--bundle", bundle_dir, "--jsonl", src)
     assert proc.returncode == 0, proc.stderr
-    results = [json.loads(l) for l in proc.stdout.splitlines()]
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["text"] for r in results] == list(EDGE_TEXTS.values())
     assert [r["label"] for r in results] == \
         [r["label"] for r in bundle.classify(EDGE_TEXTS.values())]
@@ -201,14 +201,14 @@ def test_edge_case_texts_cli(bundle_dir, bundle, tmp_path):
     proc = run_app("--bundle", bundle_dir, EDGE_TEXTS["100kB"], EDGE_TEXTS["non_ascii"], "", "   ")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert len(lines) == 4 and all(len(l) < 200 for l in lines)
+    assert len(lines) == 4 and all(len(line) < 200 for line in lines)
     assert lines[1].endswith(EDGE_TEXTS["non_ascii"])
 
 
 def test_predictions_match_keras(bundle, reference):
     labels = reference["labels"]
     assert labels == bundle.labels
-    got = np.array([[dict(r["top_k"])[l] for l in labels]
+    got = np.array([[dict(r["top_k"])[label] for label in labels]
                     for r in bundle.classify(reference["texts"], top_k=len(labels))])
     want = np.asarray(reference["probabilities"])
     assert got.shape == want.shape
@@ -505,7 +505,7 @@ def test_malformed_jsonl_lines(bundle_dir, tmp_path):
     assert "Traceback" not in proc.stderr
     # the rest still runs
     assert [json.loads(line)["text"] for line in proc.stdout.splitlines()] == ["a tree", "a dog"]
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     for lineno in (2, 4, 5, 7):
         assert any(f"line {lineno}:" in e for e in errors), (lineno, errors)
     assert not any("line 3:" in e for e in errors)  # blank lines are ignored
@@ -607,7 +607,7 @@ def test_clean_venv_from_requirements(bundle_dir, bundle, tmp_path):
                    encoding="utf-8")
     proc = run_app("--bundle", bundle_dir, "--jsonl", src, "--top-k", 3, python=py, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    got = [json.loads(l) for l in proc.stdout.splitlines()]
+    got = [json.loads(line) for line in proc.stdout.splitlines()]
     want = bundle.classify(texts, top_k=3)
     assert [g["label"] for g in got] == [w["label"] for w in want]
     for g, w in zip(got, want, strict=True):

@@ -7,7 +7,6 @@ an int8 bundle with an int8 output goes through edge/app.py.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -180,7 +179,7 @@ def test_every_variant_converts_and_runs(debug_model, tmp_path):
     assert agreement["dynamic_range"] >= 0.95 and agreement["int8"] >= 0.9, agreement
     chance = 1.0 / d["probabilities"].shape[1]
     assert results["int16x8"]["accuracy"] > 2 * chance, results["int16x8"]
-    for variant, r in results.items():
+    for r in results.values():
         assert r["latency_batch1"]["threads_1"]["runs"] == 100
         assert r["latency_batch1"]["threads_2"]["median_ms"] > 0
     details = tensor_details(paths["int8"])
@@ -234,8 +233,9 @@ def test_int8_bundle_with_int8_output_classifies_through_the_app(debug_model, tm
         assert g["label"] in labels and 0.0 <= g["probability"] <= 1.0
         assert [p for _, p in g["top_k"]] == sorted((p for _, p in g["top_k"]), reverse=True)
     # the app's dequantized probabilities are the runtime's, on the app's token ids
-    from pipeline.tokenizer import InGraphTokenizer, read_model
     import tensorflow as tf
+
+    from pipeline.tokenizer import InGraphTokenizer, read_model
 
     app_ids = InGraphTokenizer(read_model(d["tokenizer"]), d["cfg"].model.max_sequence_length)(
         tf.constant(texts[:40])).numpy()

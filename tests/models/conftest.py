@@ -3,14 +3,14 @@
 import os
 import sys
 
+import keras
+import pytest
+
 # `--import-mode=importlib` (pytest.ini) does not put test directories on
 # sys.path; the tests here import their helper `layer_test_utils` by name.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
-
-import keras
-import pytest
 
 
 @pytest.fixture(autouse=True)

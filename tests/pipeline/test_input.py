@@ -8,8 +8,14 @@ import pytest
 import sentencepiece as spm
 import tensorflow as tf
 
-from pipeline.input import (batch_examples, bucket_boundaries, make_eval_dataset,
-                            make_train_dataset, tokenize, tokenize_examples)
+from pipeline.input import (
+    batch_examples,
+    bucket_boundaries,
+    make_eval_dataset,
+    make_train_dataset,
+    tokenize,
+    tokenize_examples,
+)
 from pipeline.tokenizer import PAD_ID, InGraphTokenizer, read_model
 from tests.conftest import HOSTILE_TEXTS
 

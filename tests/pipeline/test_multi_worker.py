@@ -75,7 +75,8 @@ def wait_for(log_path, pattern, timeout):
         if match:
             return match, text
         time.sleep(0.5)
-    raise AssertionError(f"{pattern!r} not seen within {timeout}s:\n{open(log_path).read()[-3000:]}")
+    raise AssertionError(f"{pattern!r} not seen within {timeout}s:\n"
+                         f"{open(log_path).read()[-3000:]}")
 
 
 def test_kill_9_of_a_worker_ends_the_job_and_a_relaunch_finishes(tmp_path, tfds_dir):
@@ -154,7 +155,8 @@ def test_two_workers_in_two_network_namespaces(tmp_path, tfds_dir):
             made = _ip("netns", "add", ns)
             if made.returncode:
                 pytest.skip(f"cannot create a network namespace here: {made.stderr.strip()}")
-        assert _ip("link", "add", links[0], "type", "veth", "peer", "name", links[1]).returncode == 0
+        assert _ip("link", "add", links[0], "type", "veth", "peer", "name",
+                   links[1]).returncode == 0
         for ns, link, address in zip(spaces, links, addresses):
             assert _ip("link", "set", link, "netns", ns).returncode == 0
             for args in (("addr", "add", f"{address}/24", "dev", link),

@@ -81,8 +81,14 @@ def test_masking_follows_bert(debug_config, tmp_path):
 
     from pipeline.input import tokenize
     from pipeline.tasks.masked_lm import make_mlm_dataset
-    from pipeline.tokenizer import (MASK_TOKEN, PAD_ID, InGraphTokenizer, read_model,
-                                    token_id, train_sentencepiece)
+    from pipeline.tokenizer import (
+        MASK_TOKEN,
+        PAD_ID,
+        InGraphTokenizer,
+        read_model,
+        token_id,
+        train_sentencepiece,
+    )
 
     texts = [f"word{i % 50} thing{i % 7} item{i % 13} and more words here"
              for i in range(400)]

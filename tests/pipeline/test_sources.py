@@ -6,9 +6,14 @@ from collections import Counter
 import pytest
 
 from pipeline.config import DataConfig
-from pipeline.datasets.wordnet_topics import (DEFAULT_PATH, NOUN_LEXNAMES,
-                                              DataPackageMissing, parse_line,
-                                              read_synsets, split_of)
+from pipeline.datasets.wordnet_topics import (
+    DEFAULT_PATH,
+    NOUN_LEXNAMES,
+    DataPackageMissing,
+    parse_line,
+    read_synsets,
+    split_of,
+)
 from pipeline.sources import DataError, load_splits
 
 QUIET = dict(log=lambda *_: None)

@@ -104,7 +104,7 @@ def test_kill_9_during_export_leaves_the_previous_version_and_the_poller_sees_no
 
                 def intact(_line=None):
                     assert tree_digest(os.path.join(model_root, "1")) == version_1
-                    for version, path in version_dirs(model_root).items():
+                    for path in version_dirs(model_root).values():
                         assert version_complete(path), path
                     check_bundle(bundle)       # old or new, never partial
                     for tflite in glob.glob(os.path.join(run_dir, "edge", "*.tflite")):

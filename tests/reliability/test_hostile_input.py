@@ -58,7 +58,8 @@ def expand(value):
 
 
 SPECIALS = ["", " ", "\t\n\r", "\x00", "a\x00b", "\u202e", "\u200f\u05e9\u05dc\u05d5\u05dd",
-            "\u0627\u0644\u0639\u0631\u0628\u064a\u0629", "\U0001f642", "\U0001f469\u200d\U0001f469\u200d\U0001f467", "\ufeff",
+            "\u0627\u0644\u0639\u0631\u0628\u064a\u0629", "\U0001f642",
+            "\U0001f469\u200d\U0001f469\u200d\U0001f467", "\ufeff",
             "\ufffd", "\u0301\u0301\u0301", "Z\u0351\u036b\u0343\u036a\u0302", "\U0010ffff",
             "\\", '"', "'", "{", "[", "{{x}}", "%s%n", "../../etc/passwd", "<script>",
             "NaN", "Infinity", "-0", "1e400", "9" * 5000, "true", "null", "~", ": -",
@@ -136,8 +137,9 @@ def assert_clear(message: str) -> None:
 
 
 # --------------------------------------------------------------- config loader
-CONFIG_KEYS = ["name", "data.source", "data.train_path", "data.labels", "data.max_examples_per_split",
-               "tokenizer.vocabulary_size", "model.hidden_dim", "model.num_heads",
+CONFIG_KEYS = ["name", "data.source", "data.train_path", "data.labels",
+               "data.max_examples_per_split", "tokenizer.vocabulary_size",
+               "model.hidden_dim", "model.num_heads",
                "model.dropout", "model.pooling", "train.epochs", "train.learning_rate",
                "train.global_batch_size", "runtime.strategy", "runtime.artifacts_root",
                "runtime.jit_compile", "export.tflite_variants", "export.edge_variant",
@@ -208,25 +210,27 @@ rows = st.lists(st.tuples(texts, st.sampled_from(["a", "b", "c"]) | texts.map(la
                 min_size=1, max_size=12)
 csv_files = st.one_of(
     raw_bytes,
-    rows.map(lambda rs: ("text,label\n" + "".join(f"{csv_field(t)},{csv_field(l)}\n"
-                                                  for t, l in rs)).encode("utf-8", "surrogatepass")),
-    rows.map(lambda rs: ("text,label\n" + "".join(f"{t},{l}\n" for t, l in rs))
+    rows.map(lambda rs: ("text,label\n" + "".join(f"{csv_field(t)},{csv_field(label)}\n"
+                                                  for t, label in rs))
+             .encode("utf-8", "surrogatepass")),
+    rows.map(lambda rs: ("text,label\n" + "".join(f"{t},{label}\n" for t, label in rs))
              .encode("utf-8", "surrogatepass")),                        # unquoted
     st.lists(raw_bytes, max_size=6).map(lambda bs: b"text,label\n" + b"\n".join(
         b"%s,a" % b for b in bs)),
 )
 jsonl_lines = st.one_of(
-    st.builds(lambda t, l: json_text({"text": t, "label": l}), texts, json_values),
+    st.builds(lambda t, label: json_text({"text": t, "label": label}), texts, json_values),
     json_values.map(json_text), deep_documents, texts,
-    st.builds(lambda d: '{"text": "a", "label": %s}' % d, deep_documents),
-    st.sampled_from(['{"text": "a", "label": ' + "9" * 5000 + "}", '{"text": "\\ud800", "label": "a"}',
-                     '{"text": "a", "label": NaN}', '{"text": null, "label": "a"}']),
+    st.builds(lambda d: f'{{"text": "a", "label": {d}}}', deep_documents),
+    st.sampled_from(['{"text": "a", "label": ' + "9" * 5000 + "}",
+                     '{"text": "\\ud800", "label": "a"}', '{"text": "a", "label": NaN}',
+                     '{"text": null, "label": "a"}']),
 )
 jsonl_files = st.one_of(
     raw_bytes,
     st.lists(jsonl_lines, min_size=1, max_size=10).map(
         lambda ls: "\n".join(ls).encode("utf-8", "surrogatepass")),
-    st.lists(jsonl_lines.map(lambda l: l.encode("utf-8", "surrogatepass")) | raw_bytes,
+    st.lists(jsonl_lines.map(lambda line: line.encode("utf-8", "surrogatepass")) | raw_bytes,
              max_size=6).map(b"\n".join),
 )
 
@@ -315,7 +319,8 @@ def test_tokenizer_training_on_hostile_texts(sample, tmp_path):
 
     out = tmp_path / "spm"
     sh.rmtree(out, ignore_errors=True)
-    corpus = [expand(t) for t in sample] + ["a small dog", "a tall tree"]   # the train split is never empty
+    # the train split is never empty
+    corpus = [expand(t) for t in sample] + ["a small dog", "a tall tree"]
     with bounded("tokenizer training corpora"):
         try:
             path = train_sentencepiece(corpus, TokenizerConfig(vocabulary_size=64), str(out),
@@ -385,10 +390,11 @@ bodies = st.one_of(
     st.builds(request_body, st.sampled_from(["instances", "inputs", "named", "both"]),
               SIGNATURES, instances),
     raw_bytes, deep_documents.map(str.encode),
-    deep_documents.map(lambda d: ('{"instances": %s}' % d).encode()),
+    deep_documents.map(lambda d: f'{{"instances": {d}}}'.encode()),
     json_values.map(lambda v: json_text(v).encode("utf-8", "surrogatepass")),
     st.sampled_from(['{"instances": [' + "1" * 5000 + "]}", '{"instances": [NaN]}',
-                     '{"instances": ["a"]' + " " * MB + "}", '{"instances": ["' + BIG_MARKERS[0] + '"]}',
+                     '{"instances": ["a"]' + " " * MB + "}",
+                     '{"instances": ["' + BIG_MARKERS[0] + '"]}',
                      '{"signature_name": "token_ids", "instances": [[]]}']).map(str.encode),
 )
 
@@ -469,7 +475,7 @@ def test_edge_jsonl_reader_yields_texts_or_reports_the_line(edge_module, content
 
 
 @settings(max_examples=4)
-@given(lines=st.lists(jsonl_lines.map(lambda l: l.replace("\n", " ")),
+@given(lines=st.lists(jsonl_lines.map(lambda line: line.replace("\n", " ")),
                       min_size=5, max_size=40))
 def test_edge_cli_survives_a_hostile_jsonl_file(edge_bundle, lines, tmp_path):
     src = tmp_path / "hostile.jsonl"

@@ -8,7 +8,6 @@ server's resident memory must grow less than 10% from the first to the last 10 s
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import threading

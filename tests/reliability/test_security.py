@@ -132,8 +132,8 @@ def test_body_over_the_configured_limit_gets_413(server):
     assert chunked.status_code == 413               # no Content-Length: counted as read
     big = requests.post(url, data=b"x" * (8 << 20), timeout=60)
     assert big.status_code == 413
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
     import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name = server["model"]
@@ -147,7 +147,8 @@ def test_body_over_the_configured_limit_gets_413(server):
 
 
 ESCAPES = ["../outside/evil", "..%2Foutside%2Fevil", "%2e%2e%2f%2e%2e%2foutside%2fevil",
-           "..%252F..%252Foutside", "evil", "%2Ftmp%2Fevil", "%00", "{model}%2F..%2F..%2Foutside%2Fevil",
+           "..%252F..%252Foutside", "evil", "%2Ftmp%2Fevil", "%00",
+           "{model}%2F..%2F..%2Foutside%2Fevil",
            "{model}/versions/1%2F..%2F..", "{model}/labels/..%2F..%2Foutside",
            "{model}/versions/..", "..", ".", "{model}/../../outside/evil"]
 
@@ -174,15 +175,16 @@ def test_names_in_requests_cannot_leave_the_model_base_path(server, name):
     base = f"/v1/models/{name}"
     body = json.dumps({"instances": ["a tree"]}).encode()
     for method, path in (("POST", base + ":predict"), ("GET", base), ("GET", base + "/metadata")):
-        status, text = raw_request(server["rest_port"], method, path, body if method == "POST" else b"")
+        status, text = raw_request(server["rest_port"], method, path,
+                                   body if method == "POST" else b"")
         assert status < 500, (path, status, text[:500])
         payload = json.loads(text)
         if status >= 400:
             assert set(payload) == {"error"}, text[:500]
         else:     # '..' resolved inside the URL space: the configured model, nothing else
             assert payload.get("model_spec", {}).get("name", server["model"]) == server["model"]
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
     import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name = requests.utils.unquote(name)

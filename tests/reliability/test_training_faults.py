@@ -121,7 +121,8 @@ def test_kill_9_then_rerun_finishes_with_the_same_metrics(phase, reference, tmp_
         if "pause" in fault:
             point = fault["pause"]
             killed = run(command, pause_at=f"{point}:{fault['n']}",
-                         on_pause=lambda line: half_written_state(point, root))
+                         on_pause=lambda line, point=point, root=root:
+                         half_written_state(point, root))
             hit = killed.paused is not None
             where = killed.paused
         else:

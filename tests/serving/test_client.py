@@ -18,7 +18,36 @@ from serving.process import free_port
 from tests.conftest import ROOT
 
 
-class StubRest:
+class JsonHandler(BaseHTTPRequestHandler):
+    def _send(self, code, payload):
+        data = json.dumps(payload).encode()
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass   # the client gave up (the timeout test)
+
+    def log_message(self, *args):
+        pass
+
+
+class StubServer:
+    """An HTTP server on a free loopback port, in a daemon thread."""
+
+    def serve(self, handler):
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class StubRest(StubServer):
     """Answers 503 `fail_first` times, then echoes each text as its label."""
 
     def __init__(self, fail_first=0, delay=0.0):
@@ -26,7 +55,7 @@ class StubRest:
         self.calls, self.batch_sizes = 0, []
         stub = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stub.calls += 1
@@ -41,27 +70,7 @@ class StubRest:
                 return self._send(200, {"outputs": {"label": texts, "class_id": [0] * len(
                     texts), "probabilities": [[1.0]] * len(texts)}})
 
-            def _send(self, code, payload):
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(code)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass   # the client gave up (the timeout test)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 @pytest.fixture
@@ -163,7 +172,7 @@ def test_grpc_retries_unavailable():
 TOKEN_IDS = [[5, 17, 9] + [0] * 29, [8] + [0] * 31]
 
 
-class StubTokenize:
+class StubTokenize(StubServer):
     """A server with one signature `tokenize` (text -> token_ids), answering as TF Serving
     does for a one-output signature: REST predictions/outputs without the output name
     (the name is in the metadata); gRPC with it."""
@@ -172,7 +181,7 @@ class StubTokenize:
         self.requests = []
         stub = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stub.requests.append(body)
@@ -191,24 +200,7 @@ class StubTokenize:
                                      "tokenize": {"inputs": {"text": {}},
                                                   "outputs": {"token_ids": {}}}}}}})
 
-            def _send(self, code, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 @pytest.fixture
