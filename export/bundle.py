@@ -17,7 +17,7 @@ import re
 import shutil
 
 from export.tflite import signature_details
-from pipeline.files import remove_stale_temps, replace_dir, sha256
+from pipeline.files import remove_stale_temps, replace_dir, sha256, temp_dir_path, temp_dir_pattern
 
 PIPELINE_VERSION = "0.2.0"
 MODEL_FILE = "model.tflite"
@@ -40,10 +40,10 @@ def write_bundle(bundle_dir: str, tflite_path: str, task: str,
     """
     parent = os.path.dirname(os.path.abspath(bundle_dir))
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".bundle-tmp-{os.getpid()}")
+    tmp = temp_dir_path(bundle_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     name = re.escape(os.path.basename(os.path.abspath(bundle_dir)))
-    for pattern in (r"\.bundle-tmp-(\d+)", name + r"\.old-(\d+)"):  # a killed export's
+    for pattern in (temp_dir_pattern(name), name + r"\.old-(\d+)"):  # a killed export's
         remove_stale_temps(parent, pattern)
     os.makedirs(tmp)
     shutil.copy(tflite_path, os.path.join(tmp, MODEL_FILE))

@@ -23,7 +23,13 @@ import time
 
 import keras
 
-from pipeline.files import dir_size, remove_stale_temps, replace_dir
+from pipeline.files import (
+    dir_size,
+    remove_stale_temps,
+    replace_dir,
+    temp_dir_path,
+    temp_dir_pattern,
+)
 
 __all__ = ["dir_size", "export_serving", "float32_model", "next_version",
            "remove_stale_temps", "replace_dir"]
@@ -66,10 +72,10 @@ def export_serving(module, serving_root: str, model_name: str, version: int = 0,
     model_root = os.path.join(serving_root, model_name)
     version = version or next_version(model_root)
     final_dir = os.path.join(model_root, str(version))
-    tmp_dir = os.path.join(model_root, f".tmp-{version}-{os.getpid()}")
+    tmp_dir = temp_dir_path(final_dir)
     os.makedirs(model_root, exist_ok=True)
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    remove_stale_temps(model_root, r"\.tmp-\d+-(\d+)")   # left by a killed export
+    remove_stale_temps(model_root, temp_dir_pattern(r"\d+"))   # left by a killed export
     try:
         module.serving_archive().write_out(tmp_dir, verbose=False)
         extra = os.path.join(tmp_dir, "assets.extra")

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from models.layers._utils import check_positive_ints
+from models.layers._utils import check_positive_ints, token_ids_shape_of
 from models.layers.dropout import Dropout
 from models.transformer_encoder_backbone import TransformerEncoderBackbone
 
@@ -133,10 +133,7 @@ class TextClassifier(keras.Model):
             input_shape: a dict with a `"token_ids"` shape `(batch, seq)`, or
                 such a shape itself.
         """
-        if isinstance(input_shape, dict):
-            token_ids_shape = tuple(input_shape["token_ids"])
-        else:
-            token_ids_shape = tuple(input_shape)
+        token_ids_shape = token_ids_shape_of(input_shape)
         self.backbone.build(token_ids_shape)
         self.classifier_head.build((token_ids_shape[0], self.hidden_dim))
         self.built = True
@@ -164,10 +161,10 @@ class TextClassifier(keras.Model):
         return ops.cast(logits, "float32")
 
     def encode(self, inputs, training=None):
-        """The encoder alone: the sequence output before pooling.
+        """The backbone alone: the sequence output before pooling.
 
-        Shared with pre-training (`models.MaskedLanguageModel`), so that the
-        encoder weights a masked-LM learns are the ones the classifier uses.
+        The backbone is what pre-training (`models.MaskedLanguageModel`)
+        trains, so a masked-LM's weights are the ones the classifier uses.
 
         Args:
             inputs: a dict with `"token_ids"` and `"padding_mask"`, as `call`.

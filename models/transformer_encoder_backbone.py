@@ -2,7 +2,7 @@
 
 import keras
 
-from models.layers._utils import check_dropout, check_positive_ints
+from models.layers._utils import check_dropout, check_positive_ints, token_ids_shape_of
 from models.layers.dropout import Dropout
 from models.layers.layer_normalization import LayerNormalization
 from models.layers.token_and_position_embedding import TokenAndPositionEmbedding
@@ -123,10 +123,7 @@ class TransformerEncoderBackbone(keras.layers.Layer):
             input_shape: a dict with a `"token_ids"` shape `(batch, seq)`, or
                 such a shape itself.
         """
-        if isinstance(input_shape, dict):
-            token_ids_shape = tuple(input_shape["token_ids"])
-        else:
-            token_ids_shape = tuple(input_shape)
+        token_ids_shape = token_ids_shape_of(input_shape)
         sequence_shape = token_ids_shape + (self.hidden_dim,)
         self.embedding.build(token_ids_shape)
         for layer in self.encoder_layers:

@@ -143,8 +143,10 @@ class PretrainConfig:
     enabled: bool = False
     # Unlabeled text: "wordnet" (every gloss and usage example of data.noun,
     # data.verb, data.adj and data.adv from wordnet-base, minus the noun synsets
-    # of pretrain.exclude_splits) and/or paths of .txt (a text per line),
-    # .csv or .jsonl files (column data.text_column).
+    # of pretrain.exclude_splits), "train_split" (the task's own training
+    # texts, e.g. of a CSV/JSONL source; validation and test texts never)
+    # and/or paths of .txt (a text per line), .csv or .jsonl files (column
+    # data.text_column).
     corpora: list[str] = field(default_factory=lambda: ["wordnet"])
     # Directory holding WordNet's data.* files.
     wordnet_dir: str = "/usr/share/wordnet"

@@ -4,9 +4,10 @@ Every artifact (configs, JSON, tokenizers, labels, TFLite files, PNGs,
 checkpoint side files, SavedModel versions, the edge bundle) is written under
 a temporary name in the destination's directory and renamed when complete, so
 a reader, or a kill at any moment, finds the previous file or the new one,
-whole. Temporary names carry the writer's pid (`<name>.tmp-<pid>`; directories
-`.<prefix>-tmp-<pid>`), which lets the next writer remove what a killed one
-left behind (`remove_stale_temps`).
+whole. Temporary names carry the writer's pid (files `<name>.tmp-<pid>`,
+directories `.<name>.tmp-<pid>`, hidden from TF Serving's version scan), which
+lets the next writer remove what a killed one left behind
+(`remove_stale_temps`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,19 @@ def temp_path(path: str) -> str:
     if ext in (".png", ".svg", ".pdf"):
         return f"{stem}.tmp-{os.getpid()}{ext}"
     return f"{path}.tmp-{os.getpid()}"
+
+
+def temp_dir_path(final_dir: str) -> str:
+    """The hidden temporary directory `final_dir` is assembled in before
+    `replace_dir`: `<parent>/.<name>.tmp-<pid>`."""
+    parent, name = os.path.split(os.path.abspath(final_dir))
+    return os.path.join(parent, f".{name}.tmp-{os.getpid()}")
+
+
+def temp_dir_pattern(name_regex: str) -> str:
+    """The `remove_stale_temps` pattern of `temp_dir_path`s of names matching
+    `name_regex` (group 1: the writer's pid)."""
+    return rf"\.{name_regex}\.tmp-(\d+)"
 
 
 @contextlib.contextmanager

@@ -180,7 +180,7 @@ def version_dirs(base_path: str) -> dict[int, str]:
         return found
     for entry in entries:
         if not entry.isdigit():
-            continue  # e.g. .tmp-2-1234 while an export is being written
+            continue  # e.g. .2.tmp-1234 while an export is being written
         path = os.path.join(base_path, entry)
         has_graph = os.path.isfile(os.path.join(path, "saved_model.pb"))
         variables = os.path.join(path, "variables")

@@ -33,3 +33,11 @@ def check_dropout(dropout):
     """Raises a ValueError unless 0 <= dropout < 1."""
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
+
+
+def token_ids_shape_of(input_shape):
+    """The `(batch, seq)` shape of `token_ids` in a model's `build` argument:
+    a dict with a `"token_ids"` shape, or such a shape itself."""
+    if isinstance(input_shape, dict):
+        return tuple(input_shape["token_ids"])
+    return tuple(input_shape)

@@ -50,6 +50,8 @@ from pipeline.tasks.base import Task
 
 WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 SUMMARY_FILE = "pretrain.json"
+# `pretrain.corpora` entry: the task's own training split (CSV/JSONL users' text).
+TRAIN_SPLIT = "train_split"
 _ADJ_MARKER = re.compile(r"\((a|p|ip)\)$")
 
 
@@ -118,6 +120,10 @@ def build_corpus(cfg: ExperimentConfig, splits: TextSplits, log=print
             found, held_out_glosses, counts = wordnet_corpus(
                 p.wordnet_dir, p.exclude_splits, cfg.data.include_lemmas)
             stats["wordnet"] = counts
+        elif source == TRAIN_SPLIT:
+            # The task's own training texts: never its validation or test ones.
+            found = [str(t) for t in splits.texts["train"]]
+            stats[TRAIN_SPLIT] = {"texts": len(found)}
         else:
             found = file_corpus(source, cfg.data.text_column)
             stats[source] = {"texts": len(found)}
@@ -316,7 +322,10 @@ class MaskedLMTask(Task):
     def validate_config(cls, cfg) -> None:
         p, d = cfg.pretrain, cfg.data
         check(bool(p.corpora), "pretrain.corpora", p.corpora,
-              "'wordnet' and/or text/CSV/JSONL file paths")
+              f"'wordnet', '{TRAIN_SPLIT}' and/or text/CSV/JSONL file paths")
+        check(TRAIN_SPLIT not in p.corpora or "train" not in p.exclude_splits,
+              "pretrain.exclude_splits", p.exclude_splits,
+              f"no 'train' when pretrain.corpora holds '{TRAIN_SPLIT}'")
         for split in p.exclude_splits:
             check(split in ("train", "validation", "test"), "pretrain.exclude_splits",
                   split, "each one of 'train', 'validation', 'test'")
@@ -499,9 +508,9 @@ def _write_encoder(variables, path: str) -> None:
     import tensorflow as tf
 
     final_dir = os.path.dirname(path)
-    from pipeline.files import replace_dir, temp_path
+    from pipeline.files import replace_dir, temp_dir_path
 
-    tmp_dir = temp_path(final_dir)
+    tmp_dir = temp_dir_path(final_dir)
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tf.train.Checkpoint(encoder=variables).write(
         os.path.join(tmp_dir, os.path.basename(path)))

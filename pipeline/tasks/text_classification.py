@@ -266,15 +266,25 @@ class TextClassificationTask(Task):
         return result
 
     def summary_lines(self, metrics):
+        """The model, the from-scratch run it is compared with (when there is
+        one), the baseline, and a plain verdict against the baseline."""
         test, lines = metrics["test"], []
+        kind = "pre-trained + fine-tuned" if self.cfg.model.init_checkpoint else \
+            "Transformer"
         lines.append(f"  test accuracy {test['accuracy']:.4f}  macro-F1 "
-                     f"{test['macro_f1']:.4f}   (Transformer, "
+                     f"{test['macro_f1']:.4f}   ({kind}, "
                      f"{metrics['training']['parameters']:,} parameters)")
+        scratch = metrics.get("comparison", {}).get("from_scratch")
+        if scratch:
+            lines.append(f"  test accuracy {scratch['accuracy']:.4f}  macro-F1 "
+                         f"{scratch['macro_f1']:.4f}   (Transformer from scratch: "
+                         f"experiment {scratch['experiment']})")
         if "baseline" in metrics:
             base = metrics["baseline"]
             lines.append(f"  test accuracy {base['accuracy']:.4f}  macro-F1 "
                          f"{base['macro_f1']:.4f}   (baseline: TF-IDF + linear SVM, "
                          "same split and text)")
+            lines.append(verdict(test, base))
         return lines
 
     def artifact_descriptions(self):
@@ -282,4 +292,16 @@ class TextClassificationTask(Task):
                 CONFUSION_MATRIX_PNG: "confusion matrix"}
 
 
-__all__ = ["ConfigError", "TextClassificationTask"]
+def verdict(model: dict, baseline: dict) -> str:
+    """One plain line: does the model beat the baseline on both metrics?"""
+    deltas = {name: 100 * (model[key] - baseline[key])
+              for name, key in (("accuracy", "accuracy"), ("macro-F1", "macro_f1"))}
+    shown = ", ".join(f"{name} {d:+.2f} points" for name, d in deltas.items())
+    losing = [name for name, d in deltas.items() if d <= 0]
+    if not losing:
+        return f"  => the Transformer beats the baseline ({shown})"
+    return (f"  => the Transformer does NOT beat the baseline on {' and '.join(losing)} "
+            f"({shown})")
+
+
+__all__ = ["ConfigError", "TextClassificationTask", "verdict"]

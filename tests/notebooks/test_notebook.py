@@ -40,8 +40,8 @@ def test_notebook_uses_the_pipeline_and_defines_no_model_code():
     for redefinition in ("keras.layers", "class ", "def ", "GradientTape", ".fit(",
                          "compile("):
         assert redefinition not in source, redefinition
-    for call in ("load_config(", "prepare(", "train(", "evaluate_model(", "export_all(",
-                 "load_bundle("):
+    for call in ("load_config(", "workflow.prepare(", "workflow.train(",
+                 "workflow.evaluate(", "workflow.export(", "load_bundle("):
         assert call in source, call
     # The constant chooses the experiment; the full one unless DEBUG is switched on.
     assert re.search(r"^DEBUG = False$", source, re.MULTILINE)

@@ -292,3 +292,33 @@ def test_sigterm_during_pretraining_saves_and_the_rerun_resumes(tmp_path, tfds_d
     assert re.search(rf"\[pretrain\] step {step + 1}/200", again.stdout), again.stdout[-2000:]
     assert "[pretrain] step 1/200" not in again.stdout
     assert "[pretrain] encoder checkpoint:" in again.stdout
+
+
+def test_train_split_corpus_holds_no_validation_or_test_text(tmp_path):
+    """`pretrain.corpora: [train_split]` pre-trains on a CSV task's own training
+    texts; a validation or test text never enters, even when the train file
+    repeats it."""
+    from pipeline.config import ConfigError, load_config
+    from pipeline.sources import load_splits
+    from pipeline.tasks.masked_lm import build_corpus
+
+    rows = [f"text number {i} about topic {i % 3}" for i in range(300)]
+    train = tmp_path / "train.csv"
+    held_out = tmp_path / "test.csv"
+    train.write_text("text,label\n" + "".join(f"{t},t{i % 3}\n" for i, t in enumerate(rows))
+                     + "the shared sentence,t0\n", encoding="utf-8")
+    held_out.write_text("text,label\nthe shared sentence,t0\nonly in test,t1\n",
+                        encoding="utf-8")
+    base = [f"data.train_path={train}", "data.source=csv", f"data.test_path={held_out}",
+            f"data.validation_path={held_out}", "pretrain.enabled=true",
+            "pretrain.corpora=[train_split]"]
+    cfg = load_config(None, base)
+    splits = load_splits(cfg.data, str(tmp_path), log=lambda *_: None)
+    corpus, stats = build_corpus(cfg, splits, log=lambda *_: None)
+    assert "the shared sentence" in set(splits.texts["train"])
+    assert not set(corpus) & (set(splits.texts["test"]) | set(splits.texts["validation"]))
+    assert set(corpus) == set(rows) and stats["dropped_as_held_out"] == 1
+    with pytest.raises(ConfigError, match="pretrain.exclude_splits"):
+        load_config(None, base + ["pretrain.exclude_splits=[train,test]"])
+    with pytest.raises(ConfigError, match="pretrain.corpora"):
+        load_config(None, base + ["pretrain.corpora=[wordnet]"])

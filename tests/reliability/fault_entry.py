@@ -15,12 +15,12 @@ inside writes too short to hit from outside by timing:
                              not yet renamed over `checkpoint`
   savedmodel.shards_written, savedmodel.merged   the same inside the SavedModel's
                              variables/ while export.saved_model writes a version
-  savedmodel.renaming        the version is complete under .tmp-<v>-<pid>, not renamed
+  savedmodel.renaming        the version is complete under .<v>.tmp-<pid>, not renamed
   tflite.converting          the converter's source SavedModel is written, the
                              conversion starts
   tflite.renaming            <variant>.tflite.tmp-<pid> is written, not renamed
-  bundle.copying             model.tflite is copied into .bundle-tmp-<pid>, the rest not
-  bundle.renaming            the new bundle is complete under .bundle-tmp-<pid>
+  bundle.copying             model.tflite is copied into .bundle.tmp-<pid>, the rest not
+  bundle.renaming            the new bundle is complete under .bundle.tmp-<pid>
   bundle.swapped             the first rename of the swap has returned
 
 Without RELIABILITY_PAUSE_AT nothing is changed.

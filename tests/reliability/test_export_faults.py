@@ -156,13 +156,13 @@ def test_kill_9_during_export_leaves_the_previous_version_and_the_poller_sees_no
 SWAP_CHILD = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-import export.saved_model as saved_model
+import pipeline.files as files
 
 def pause(what):
     print("paused after " + what, flush=True)
     os.kill(os.getpid(), signal.SIGSTOP)
 
-rename, exchange = os.rename, saved_model._exchange
+rename, exchange = os.rename, files._exchange
 def paused_rename(src, dst):
     rename(src, dst)
     pause("rename " + src + " -> " + dst)
@@ -170,8 +170,8 @@ def paused_exchange(a, b):
     swapped = exchange(a, b)
     pause("exchange")
     return swapped
-os.rename, saved_model._exchange = paused_rename, paused_exchange
-saved_model.replace_dir({tmp!r}, {final!r})
+os.rename, files._exchange = paused_rename, paused_exchange
+files.replace_dir({tmp!r}, {final!r})
 """
 
 
@@ -185,7 +185,7 @@ def test_kill_9_inside_the_bundle_swap_leaves_a_complete_bundle(edge_bundle, tmp
     from tests.conftest import ROOT
     from tests.reliability.processes import _wait_stopped
 
-    final, tmp = tmp_path / "edge" / "bundle", tmp_path / "edge" / ".bundle-tmp-1"
+    final, tmp = tmp_path / "edge" / "bundle", tmp_path / "edge" / ".bundle.tmp-1"
     shutil.copytree(edge_bundle, final)
     shutil.copytree(edge_bundle, tmp)
     (tmp / "labels.txt").write_text("new\n", encoding="utf-8")    # tell them apart

@@ -1,0 +1,62 @@
+"""`python -m pipeline.datasets.wordnet_csv verb out.csv`: a labelled CSV of a
+WordNet part of speech (from the Debian package wordnet-base), to try the
+CSV source and pre-training on a task's own text with data that installs here.
+
+Each row is one synset: `text` = "lemmas: gloss" (the task's text form),
+`label` = its lexicographer file (verb: 15 classes, verb.body ... verb.weather).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+
+from pipeline.datasets.wordnet_topics import read_parsed
+from pipeline.files import atomic_path
+
+WORDNET_DIR = "/usr/share/wordnet"
+# WordNet 3.0 lexnames 29..43: the verb lexicographer files.
+VERB_LEXNAMES = [
+    "verb.body", "verb.change", "verb.cognition", "verb.communication",
+    "verb.competition", "verb.consumption", "verb.contact", "verb.creation",
+    "verb.emotion", "verb.motion", "verb.perception", "verb.possession",
+    "verb.social", "verb.stative", "verb.weather",
+]
+FIRST_VERB_LEXFILE = 29
+
+
+def parse_verb_line(line: str) -> tuple[str, str] | None:
+    """(text, label) of one data.verb line; None for the licence header."""
+    if not line or line.startswith("  ") or " | " not in line:
+        return None
+    data, _, gloss = line.partition(" | ")
+    fields = data.split()
+    words = fields[4:4 + 2 * int(fields[3], 16):2]
+    lemmas = ", ".join(w.replace("_", " ") for w in words)
+    return f"{lemmas}: {gloss.strip()}", VERB_LEXNAMES[int(fields[1]) - FIRST_VERB_LEXFILE]
+
+
+def write_csv(path: str, wordnet_dir: str = WORDNET_DIR) -> int:
+    """Writes text,label rows of every verb synset; returns the row count."""
+    rows = list(read_parsed(os.path.join(wordnet_dir, "data.verb"), parse_verb_line))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return len(rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.datasets.wordnet_csv",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("pos", choices=["verb"], help="part of speech")
+    parser.add_argument("out", help="CSV file to write")
+    args = parser.parse_args(argv)
+    print(f"wrote {args.out}: {write_csv(args.out):,} rows")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
