@@ -14,6 +14,7 @@ EXAMPLES = """\
 examples:
   python -m pipeline run configs/text_classification.yaml
   python -m pipeline run configs/text_classification_debug.yaml --set train.epochs=2
+  python -m pipeline run configs/text_classification.yaml --no-export
   python -m pipeline prepare configs/text_classification.yaml
   python -m pipeline run configs/text_classification_pretrained.yaml
   python -m pipeline pretrain configs/text_classification_pretrained.yaml
@@ -110,6 +111,10 @@ def main(argv=None) -> int:
         "bench", help=bench_help, description=bench_help, epilog=bench_module.EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_module.add_arguments(bench_parser)
+    commands.choices["run"].add_argument(
+        "--no-export", action="store_true",
+        help="stop after evaluation (metrics.json without the SavedModel, TFLite and "
+        "edge bundle; `export` adds them later)")
     launcher = commands.choices["launch"]
     launcher.add_argument("--workers", type=int, default=2, help="number of workers")
     launcher.add_argument("--worker-command", default="run", choices=["run", "train"],
@@ -144,7 +149,7 @@ def main(argv=None) -> int:
         from pipeline import workflow
 
         if args.command == "run":
-            workflow.run(cfg, strategy=_strategy_first(cfg))
+            workflow.run(cfg, do_export=not args.no_export, strategy=_strategy_first(cfg))
         elif args.command == "prepare":
             workflow.prepare(cfg)
         elif args.command == "pretrain":

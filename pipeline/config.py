@@ -138,7 +138,7 @@ class TrainConfig:
 @dataclass
 class PretrainConfig:
     # BERT-style masked-language-model pre-training of the encoder before the
-    # task (pipeline/pretrain.py). The result is cached under
+    # task (pipeline/tasks/masked_lm.py). The result is cached under
     # <artifacts_root>/pretrained/<fingerprint>/ and reused when present.
     enabled: bool = False
     # Unlabeled text: "wordnet" (every gloss and usage example of data.noun,
@@ -165,8 +165,11 @@ class PretrainConfig:
     checkpoint_every_steps: int = 1000
     log_every_steps: int = 100
     seed: int = 7
-    # Experiment (under the same artifacts root) whose metrics.json is the
-    # from-scratch model shown next to this one in metrics.json; "" = none.
+    # Experiment (under the same artifacts root) holding this classifier
+    # trained from random weights, shown next to the pre-trained one and the
+    # baseline in the summary and metrics.json. When its metrics.json is
+    # missing, the run trains it (this config, pretraining off, no export;
+    # cached like any run). "" = no comparison.
     from_scratch_experiment: str = ""
 
 

@@ -108,7 +108,7 @@ def token_id(path: str, piece: str) -> int:
     token = sp.piece_to_id(piece)
     if token == sp.unk_id() and piece != sp.id_to_piece(token):
         raise ValueError(f"{path} has no {piece!r} token; pre-training needs a "
-                         "tokenizer trained by pipeline/pretrain.py")
+                         "tokenizer trained by pre-training (pipeline/tasks/masked_lm.py)")
     return token
 
 

@@ -92,13 +92,13 @@ def run(cfg, do_export: bool = True, strategy=None):
     }
     if cfg.model.init_checkpoint:
         metrics["pretraining"] = pretraining_summary(cfg)
-    comparison = compare_with_from_scratch(cfg, metrics)
-    if comparison:
-        metrics["comparison"] = comparison
     if do_export:
         exported = export(task, result.model, evaluation["reference"])
         metrics["tflite"] = exported["tflite"]
         metrics["artifacts"] = {k: v for k, v in exported.items() if k != "tflite"}
+    comparison = compare_with_from_scratch(cfg, metrics, strategy)
+    if comparison:
+        metrics["comparison"] = comparison
     write_json(os.path.join(cfg.run_dir, "metrics.json"), metrics)
     write_training_curves(cfg, result.history)
     print_summary(task, metrics, time.time() - start)
@@ -114,29 +114,58 @@ def pretraining_summary(cfg) -> dict:
                                        "corpus") if k in summary}}
 
 
-def compare_with_from_scratch(cfg, metrics) -> dict | None:
-    """Test accuracy and macro-F1 of the from-scratch run (pretrain.
-    from_scratch_experiment), this run and the baseline, when they share the
-    test split and text."""
+def from_scratch_config(cfg):
+    """This config with pretraining off: the same classifier, tokenizer
+    settings, data and fine-tuning schedule, from random weights (no layer
+    decay, which only means something for pre-trained layers)."""
+    import copy
+
+    twin = copy.deepcopy(cfg)
+    twin.name = cfg.pretrain.from_scratch_experiment
+    twin.pretrain.enabled = False
+    twin.pretrain.from_scratch_experiment = ""
+    twin.model.init_checkpoint = ""
+    twin.train.layer_decay = 1.0
+    return twin.validate()
+
+
+def _same_test(other: dict, metrics: dict) -> bool:
+    return other.get("text") == metrics.get("text") and \
+        other.get("test", {}).get("examples") == metrics["test"]["examples"]
+
+
+def compare_with_from_scratch(cfg, metrics, strategy=None) -> dict | None:
+    """Test accuracy and macro-F1 of the from-scratch model (experiment
+    pretrain.from_scratch_experiment), this run and the baseline, on the same
+    test split and text. A missing (or stale) from-scratch experiment is
+    trained here first (cached: its checkpoints resume, its metrics.json is
+    reused), without export."""
     name = cfg.pretrain.from_scratch_experiment
-    if not name or "baseline" not in metrics:
+    if not name or "baseline" not in metrics or not cfg.model.init_checkpoint:
         return None
     path = os.path.join(cfg.runtime.artifacts_root, name, "metrics.json")
-    rows = {}
+    other = None
     if os.path.isfile(path):
         with open(path) as f:
             other = json.load(f)
-        if other.get("text") == metrics.get("text") and \
-                other["test"]["examples"] == metrics["test"]["examples"]:
-            rows["from_scratch"] = {k: other["test"][k] for k in ("accuracy", "macro_f1")}
-            rows["from_scratch"]["experiment"] = name
-        else:
-            log(f"[compare] {path} is not on the same test split and text; not compared")
-    else:
-        log(f"[compare] no {path}: run 'python -m pipeline run "
-            f"configs/{name}.yaml' to put the from-scratch model in the comparison")
-    key = "pretrained_finetuned" if cfg.model.init_checkpoint else "this_run"
-    rows[key] = {k: metrics["test"][k] for k in ("accuracy", "macro_f1")}
+        if not _same_test(other, metrics):
+            log(f"[compare] {path} is not on this run's test split and text: "
+                "training the from-scratch model again")
+            other = None
+    if other is None and cfg.runtime.strategy == "multi_worker_mirrored":
+        # The other workers have finished: the chief does not train alone.
+        log(f"[compare] no from-scratch model yet: run 'python -m pipeline run <this "
+            f"config> --no-export --set name={name} --set pretrain.enabled=false --set "
+            "train.layer_decay=1.0 --set runtime.strategy=default' to add it to the "
+            "comparison")
+    elif other is None:
+        log(f"[compare] training the same classifier from random weights for the "
+            f"comparison: experiment {name} (pretraining off, not exported)")
+        other = run(from_scratch_config(cfg), do_export=False, strategy=strategy)
+    rows = {"pretrained_finetuned": {k: metrics["test"][k] for k in ("accuracy", "macro_f1")}}
+    if other is not None:
+        rows["from_scratch"] = {**{k: other["test"][k] for k in ("accuracy", "macro_f1")},
+                                "experiment": name}
     rows["baseline"] = {k: metrics["baseline"][k] for k in ("accuracy", "macro_f1")}
     return rows
 

@@ -322,3 +322,50 @@ def test_train_split_corpus_holds_no_validation_or_test_text(tmp_path):
         load_config(None, base + ["pretrain.exclude_splits=[train,test]"])
     with pytest.raises(ConfigError, match="pretrain.corpora"):
         load_config(None, base + ["pretrain.corpora=[wordnet]"])
+
+
+@pytest.mark.slow
+def test_a_pretrained_run_shows_three_rows_training_the_from_scratch_twin(
+        tmp_path, tfds_dir, capsys):
+    """With pretrain.from_scratch_experiment named and not yet run, the run
+    trains the same classifier from random weights (no export) and its
+    metrics.json and summary hold the three rows; a second comparison reuses
+    the twin's metrics.json instead of training again."""
+    import json
+
+    from pipeline import workflow
+    from pipeline.config import load_config
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"a kind of thing number {i % 97} with parts {i % 11}\n"
+                              for i in range(2000)), encoding="utf-8")
+    cfg = load_config(DEBUG_CONFIG, [
+        f"runtime.artifacts_root={tmp_path}", f"data.tfds_data_dir={tfds_dir}",
+        "pretrain.enabled=true", f"pretrain.corpora=[{corpus}]", "pretrain.steps=20",
+        "pretrain.global_batch_size=16", "tokenizer.vocabulary_size=300",
+        "train.epochs=2", "train.layer_decay=0.8",
+        "pretrain.from_scratch_experiment=scratch_twin"])
+    metrics = workflow.run(cfg, do_export=False)
+    rows = metrics["comparison"]
+    assert set(rows) == {"pretrained_finetuned", "from_scratch", "baseline"}
+    with open(tmp_path / "scratch_twin" / "metrics.json") as f:
+        twin = json.load(f)
+    assert twin["test"]["examples"] == metrics["test"]["examples"]
+    assert rows["from_scratch"]["accuracy"] == twin["test"]["accuracy"]
+    assert "pretraining" not in twin                      # random weights
+    assert "export" not in os.listdir(tmp_path / "scratch_twin")
+    with open(tmp_path / "scratch_twin" / "config.yaml") as f:
+        twin_config = f.read()
+    assert "layer_decay: 1.0" in twin_config and "init_checkpoint: ''" in twin_config
+    with open(os.path.join(cfg.run_dir, "metrics.json")) as f:
+        assert json.load(f)["comparison"] == rows
+    printed = capsys.readouterr().out
+    summary = printed[printed.rindex(f"== {cfg.name} done"):]
+    assert "(pre-trained + fine-tuned," in summary
+    assert "(Transformer from scratch: experiment scratch_twin)" in summary
+    assert "(baseline: TF-IDF + linear SVM" in summary
+    assert "  => the Transformer " in summary
+
+    assert workflow.compare_with_from_scratch(cfg, metrics) == rows
+    assert "training the same classifier from random weights" not in \
+        capsys.readouterr().out
