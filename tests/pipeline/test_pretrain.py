@@ -171,6 +171,19 @@ def test_layerwise_learning_rates(debug_config):
         assert changed == ("/logits/" in v.path), v.path
 
 
+def tiny_pretraining(tmp_path, tfds_dir, steps: int, texts: int = 3000) -> list[str]:
+    """Overrides of the debug config for a seconds-scale pre-training on a
+    made-up text file."""
+    corpus = tmp_path / "corpus.txt"
+    if not corpus.exists():
+        corpus.write_text("".join(f"a kind of thing number {i % 97} with parts {i % 11}\n"
+                                  for i in range(texts)), encoding="utf-8")
+    return [f"runtime.artifacts_root={tmp_path}", f"data.tfds_data_dir={tfds_dir}",
+            "pretrain.enabled=true", f"pretrain.corpora=[{corpus}]",
+            f"pretrain.steps={steps}", "pretrain.global_batch_size=16",
+            "tokenizer.vocabulary_size=300"]
+
+
 @pytest.mark.slow
 def test_pretrain_then_finetune_starts_from_the_encoder(tmp_path, tfds_dir):
     """A tiny pre-training run on a text file, then fine-tuning: the classifier
@@ -183,14 +196,8 @@ def test_pretrain_then_finetune_starts_from_the_encoder(tmp_path, tfds_dir):
     from pipeline.tokenizer import MASK_TOKEN, token_id
     from pipeline.workflow import prepare
 
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("".join(f"a kind of thing number {i % 97} with parts {i % 11}\n"
-                              for i in range(3000)), encoding="utf-8")
-    cfg = load_config(DEBUG_CONFIG, [
-        f"runtime.artifacts_root={tmp_path}", f"data.tfds_data_dir={tfds_dir}",
-        "pretrain.enabled=true", f"pretrain.corpora=[{corpus}]", "pretrain.steps=30",
-        "pretrain.global_batch_size=16", "pretrain.log_every_steps=10",
-        "tokenizer.vocabulary_size=300"]).validate()
+    cfg = load_config(DEBUG_CONFIG, tiny_pretraining(tmp_path, tfds_dir, 30) +
+                      ["pretrain.log_every_steps=10"]).validate()
     lines = []
     task = prepare(cfg, log=lines.append)
     tokenizer_path = task.tokenizer_path
@@ -215,10 +222,7 @@ def test_pretrain_then_finetune_starts_from_the_encoder(tmp_path, tfds_dir):
             f"encoder/by_path/{key.replace('/', '.S')}/.ATTRIBUTES/VARIABLE_VALUE")
         np.testing.assert_array_equal(saved, variable.numpy())
 
-    again = load_config(DEBUG_CONFIG, [
-        f"runtime.artifacts_root={tmp_path}", f"data.tfds_data_dir={tfds_dir}",
-        "pretrain.enabled=true", f"pretrain.corpora=[{corpus}]", "pretrain.steps=30",
-        "pretrain.global_batch_size=16", "tokenizer.vocabulary_size=300"]).validate()
+    again = load_config(DEBUG_CONFIG, tiny_pretraining(tmp_path, tfds_dir, 30)).validate()
     printed = []
     prepare(again, log=printed.append)
     assert any("[pretrain] reusing" in line for line in printed)
@@ -336,13 +340,7 @@ def test_a_pretrained_run_shows_three_rows_training_the_from_scratch_twin(
     from pipeline import workflow
     from pipeline.config import load_config
 
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("".join(f"a kind of thing number {i % 97} with parts {i % 11}\n"
-                              for i in range(2000)), encoding="utf-8")
-    cfg = load_config(DEBUG_CONFIG, [
-        f"runtime.artifacts_root={tmp_path}", f"data.tfds_data_dir={tfds_dir}",
-        "pretrain.enabled=true", f"pretrain.corpora=[{corpus}]", "pretrain.steps=20",
-        "pretrain.global_batch_size=16", "tokenizer.vocabulary_size=300",
+    cfg = load_config(DEBUG_CONFIG, tiny_pretraining(tmp_path, tfds_dir, 20, 2000) + [
         "train.epochs=2", "train.layer_decay=0.8",
         "pretrain.from_scratch_experiment=scratch_twin"])
     metrics = workflow.run(cfg, do_export=False)
