@@ -80,7 +80,8 @@ class MaskedLMHead(keras.layers.Layer):
         x = self._layer_norm(self._intermediate_dense(x))
         table = ops.cast(self.token_embedding.embeddings, "float32")  # (vocab, hidden)
         logits = ops.einsum("bph,vh->bpv", ops.cast(x, "float32"), table)
-        return logits + self.output_bias  # (batch, predictions, vocab)
+        # Under a mixed policy the bias variable reads as the compute dtype.
+        return logits + ops.cast(self.output_bias, "float32")  # (batch, predictions, vocab)
 
     def compute_output_shape(self, inputs_shape, mask_positions_shape=None):
         num_predictions = mask_positions_shape[1] if mask_positions_shape else None
