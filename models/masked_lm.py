@@ -60,5 +60,9 @@ class MaskedLanguageModel(keras.Model):
         self.built = True
 
     def call(self, inputs, training=None):
+        """Logits `(batch, predictions, vocab)`; with `inputs["mask_weights"]`,
+        the logits of the predictions of weight > 0 only, `(selected, vocab)`
+        (what training needs: padded prediction slots are skipped)."""
         x = self.backbone(inputs, training=training)  # (batch, seq, hidden)
-        return self.mlm_head(x, mask_positions=inputs["mask_positions"])
+        return self.mlm_head(x, mask_positions=inputs["mask_positions"],
+                             mask_weights=inputs.get("mask_weights"))

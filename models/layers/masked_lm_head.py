@@ -1,6 +1,7 @@
 """Masked-language-model head with weights tied to the token embedding."""
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 
@@ -28,9 +29,13 @@ class MaskedLMHead(keras.layers.Layer):
         mask_positions: int32 tensor of shape `(batch, num_predictions)`, the
             positions to predict (padded entries may point anywhere; give them
             weight 0 in the loss).
+        mask_weights: optional tensor of shape `(batch, num_predictions)`;
+            when given, only the predictions with a weight > 0 are scored.
 
     Returns:
-        float32 logits of shape `(batch, num_predictions, vocabulary_size)`.
+        float32 logits of shape `(batch, num_predictions, vocabulary_size)`,
+        or, with `mask_weights`, `(num_selected, vocabulary_size)`: the
+        predictions of weight > 0 in row-major order.
 
     Example:
     ```python
@@ -72,16 +77,20 @@ class MaskedLMHead(keras.layers.Layer):
         )
         self.built = True
 
-    def call(self, inputs, mask_positions):
+    def call(self, inputs, mask_positions, mask_weights=None):
         positions = ops.cast(mask_positions, "int32")  # (batch, predictions)
         x = ops.take_along_axis(
             inputs, ops.expand_dims(positions, -1), axis=1
         )  # (batch, predictions, hidden_dim)
+        if mask_weights is not None:
+            # Only the real predictions: the vocabulary projection is most of
+            # the head's cost, and padded slots (weight 0) are most slots.
+            x = tf.boolean_mask(x, ops.greater(mask_weights, 0))  # (selected, hidden)
         x = self._layer_norm(self._intermediate_dense(x))
         table = ops.cast(self.token_embedding.embeddings, "float32")  # (vocab, hidden)
-        logits = ops.einsum("bph,vh->bpv", ops.cast(x, "float32"), table)
+        logits = ops.matmul(ops.cast(x, "float32"), ops.transpose(table))
         # Under a mixed policy the bias variable reads as the compute dtype.
-        return logits + ops.cast(self.output_bias, "float32")  # (batch, predictions, vocab)
+        return logits + ops.cast(self.output_bias, "float32")
 
     def compute_output_shape(self, inputs_shape, mask_positions_shape=None):
         num_predictions = mask_positions_shape[1] if mask_positions_shape else None

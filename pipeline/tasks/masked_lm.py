@@ -455,18 +455,24 @@ class MaskedLMTask(Task):
         import keras
         import tensorflow as tf
 
-        logits = model(inputs, training=training)  # (batch, predictions, vocab)
-        ids, weights = targets["mask_ids"], targets["mask_weights"]
+        ids, weights = targets["mask_ids"], targets["mask_weights"]  # (batch, predictions)
+        # Logits of the real predictions only (weight > 0), row-major.
+        logits = model({**inputs, "mask_weights": weights}, training=training)
+        selected = tf.where(weights > 0)                  # (selected, 2): row, slot
+        selected_ids = tf.gather_nd(ids, selected)
         token_loss = keras.losses.sparse_categorical_crossentropy(
-            ids, logits, from_logits=True)  # (batch, predictions)
-        per_example = tf.reduce_sum(token_loss * weights, -1) / tf.maximum(
-            tf.reduce_sum(weights, -1), 1.0)
-        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), ids),
+            selected_ids, logits, from_logits=True)        # (selected,)
+        batch = tf.shape(ids)[0]
+        rows = tf.cast(selected[:, 0], tf.int32)
+        counts = tf.reduce_sum(weights, -1)
+        per_example = tf.math.unsorted_segment_sum(
+            token_loss * tf.gather_nd(weights, selected), rows, batch) / tf.maximum(counts, 1.0)
+        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), selected_ids),
                        tf.float32)
         # Masked-token accuracy, scaled so that the sum / batch is the accuracy.
-        accuracy = tf.reduce_sum(hits * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+        accuracy = tf.reduce_sum(hits) / tf.maximum(tf.reduce_sum(weights), 1.0)
         return per_example, {
-            "masked_token_accuracy": accuracy * tf.cast(tf.shape(ids)[0], tf.float32)}
+            "masked_token_accuracy": accuracy * tf.cast(batch, tf.float32)}
 
     # ---------------------------------------------------------- the stage
     def pretrain(self, strategy=None) -> str:

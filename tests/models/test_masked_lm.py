@@ -47,3 +47,15 @@ def test_mixed_precision_logits_follow_the_float32_model():
     full(inputs), mixed(inputs)
     mixed.set_weights(full.get_weights())
     np.testing.assert_allclose(mixed(inputs).numpy(), full(inputs).numpy(), atol=0.15)
+
+
+def test_with_mask_weights_only_the_real_predictions_are_scored():
+    """`mask_weights` packs the logits of weight > 0 (row-major): the same
+    values as the full logits at those slots, none for the padded ones."""
+    model = _model("float32")
+    inputs = _inputs()
+    weights = np.array([[1, 1], [1, 0], [0, 0]], "float32")
+    full = model(inputs).numpy()
+    packed = model({**inputs, "mask_weights": weights}).numpy()
+    assert packed.shape == (3, 50)
+    np.testing.assert_allclose(packed, full[weights > 0], rtol=1e-5, atol=1e-5)

@@ -367,3 +367,37 @@ def test_a_pretrained_run_shows_three_rows_training_the_from_scratch_twin(
     assert workflow.compare_with_from_scratch(cfg, metrics) == rows
     assert "training the same classifier from random weights" not in \
         capsys.readouterr().out
+
+
+def test_the_packed_masked_lm_loss_equals_the_weighted_mean_over_all_slots(debug_config):
+    """The pre-training loss scores only the real predictions; per example it
+    is the weighted mean of the token losses over every slot, as BERT's."""
+    import keras
+    import tensorflow as tf
+
+    from models import MaskedLanguageModel, TransformerEncoderBackbone
+    from pipeline.tasks.masked_lm import MaskedLMTask
+
+    backbone = TransformerEncoderBackbone(
+        vocabulary_size=40, hidden_dim=16, intermediate_dim=32, num_heads=2,
+        num_layers=1, max_sequence_length=12)
+    model = MaskedLanguageModel(backbone)
+    rng = np.random.default_rng(1)
+    inputs = {"token_ids": tf.constant(rng.integers(5, 40, (4, 10)), tf.int32),
+              "padding_mask": tf.ones((4, 10), tf.bool),
+              "mask_positions": tf.constant(rng.integers(0, 10, (4, 3)), tf.int32)}
+    weights = tf.constant([[1, 1, 1], [1, 0, 0], [0, 0, 0], [1, 1, 0]], tf.float32)
+    ids = tf.constant(rng.integers(5, 40, (4, 3)), tf.int32)
+    task = MaskedLMTask(debug_config, log=lambda *_: None)
+    per_example, logs = task.compute_loss(model, inputs,
+                                          {"mask_ids": ids, "mask_weights": weights},
+                                          training=False)
+    logits = model(inputs)
+    token_loss = keras.losses.sparse_categorical_crossentropy(ids, logits, from_logits=True)
+    expected = tf.reduce_sum(token_loss * weights, -1) / tf.maximum(
+        tf.reduce_sum(weights, -1), 1.0)
+    np.testing.assert_allclose(per_example.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert per_example.numpy()[2] == 0.0                  # no prediction, no loss
+    hits = tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == ids, tf.float32)
+    np.testing.assert_allclose(logs["masked_token_accuracy"].numpy() / 4,
+                               (tf.reduce_sum(hits * weights) / 6).numpy(), rtol=1e-6)
