@@ -16,8 +16,9 @@ examples:
   python -m pipeline run configs/text_classification_debug.yaml --set train.epochs=2
   python -m pipeline run configs/text_classification.yaml --no-export
   python -m pipeline prepare configs/text_classification.yaml
+  python -m pipeline pretrain configs/text_classification.yaml
   python -m pipeline run configs/text_classification_pretrained.yaml
-  python -m pipeline pretrain configs/text_classification_pretrained.yaml
+  python -m pipeline run configs/csv_pretrained.yaml
   python -m pipeline train configs/text_classification.yaml --set runtime.strategy=mirrored \\
       --set runtime.logical_cpu_devices=2
   python -m pipeline evaluate configs/text_classification.yaml
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
             if not cfg.pretrain.enabled:
                 raise ConfigError("config key 'pretrain.enabled' = False: this config "
                                   "has no pre-training (see configs/"
-                                  "text_classification_pretrained.yaml)")
+                                  "text_classification.yaml)")
             from pipeline.sources import load_splits
             from pipeline.tasks.masked_lm import pretrain
 

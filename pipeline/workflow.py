@@ -143,7 +143,16 @@ def compare_with_from_scratch(cfg, metrics, strategy=None) -> dict | None:
     name = cfg.pretrain.from_scratch_experiment
     if not name or "baseline" not in metrics or not cfg.model.init_checkpoint:
         return None
-    path = os.path.join(cfg.runtime.artifacts_root, name, "metrics.json")
+    twin = from_scratch_config(cfg)
+    rows = {"pretrained_finetuned": {k: metrics["test"][k] for k in ("accuracy", "macro_f1")}}
+    baseline = {k: metrics["baseline"][k] for k in ("accuracy", "macro_f1")}
+    changed = settings_changed(os.path.join(twin.run_dir, "config.yaml"), twin)
+    if changed:
+        log(f"[compare] {twin.run_dir}/ holds a from-scratch run with other settings "
+            f"({', '.join(changed[:6])}): not compared, not overwritten. Delete it, or "
+            "name another pretrain.from_scratch_experiment, to train the twin again")
+        return {**rows, "baseline": baseline}
+    path = os.path.join(twin.run_dir, "metrics.json")
     other = None
     if os.path.isfile(path):
         with open(path) as f:
@@ -161,13 +170,31 @@ def compare_with_from_scratch(cfg, metrics, strategy=None) -> dict | None:
     elif other is None:
         log(f"[compare] training the same classifier from random weights for the "
             f"comparison: experiment {name} (pretraining off, not exported)")
-        other = run(from_scratch_config(cfg), do_export=False, strategy=strategy)
-    rows = {"pretrained_finetuned": {k: metrics["test"][k] for k in ("accuracy", "macro_f1")}}
+        other = run(twin, do_export=False, strategy=strategy)
     if other is not None:
         rows["from_scratch"] = {**{k: other["test"][k] for k in ("accuracy", "macro_f1")},
                                 "experiment": name}
-    rows["baseline"] = {k: metrics["baseline"][k] for k in ("accuracy", "macro_f1")}
-    return rows
+    return {**rows, "baseline": baseline}
+
+
+def settings_changed(saved_config: str, cfg) -> list[str]:
+    """The config keys whose value in `saved_config` (a run's config.yaml)
+    differs from `cfg`'s; [] when the file does not exist."""
+    import yaml
+
+    if not os.path.isfile(saved_config):
+        return []
+    with open(saved_config, encoding="utf-8") as f:
+        saved = yaml.safe_load(f) or {}
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    old, new = flat(saved), flat(cfg.to_dict())
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 
 def write_training_curves(cfg, history=None):

@@ -367,6 +367,14 @@ def test_a_pretrained_run_shows_three_rows_training_the_from_scratch_twin(
     assert workflow.compare_with_from_scratch(cfg, metrics) == rows
     assert "training the same classifier from random weights" not in \
         capsys.readouterr().out
+    # Other fine-tuning settings: the cached twin is not theirs; it is left as
+    # it is and not compared.
+    cfg.train.epochs = 3
+    other = workflow.compare_with_from_scratch(cfg, metrics)
+    assert set(other) == {"pretrained_finetuned", "baseline"}
+    assert "with other settings (train.epochs): not compared" in capsys.readouterr().out
+    with open(tmp_path / "scratch_twin" / "metrics.json") as f:
+        assert json.load(f) == twin
 
 
 def test_the_packed_masked_lm_loss_equals_the_weighted_mean_over_all_slots(debug_config):
