@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import random
 import sys
 
 from pipeline.datasets.wordnet_topics import read_parsed
@@ -38,9 +39,12 @@ def parse_verb_line(line: str) -> tuple[str, str] | None:
     return f"{lemmas}: {gloss.strip()}", VERB_LEXNAMES[int(fields[1]) - FIRST_VERB_LEXFILE]
 
 
-def write_csv(path: str, wordnet_dir: str = WORDNET_DIR) -> int:
-    """Writes text,label rows of every verb synset; returns the row count."""
+def write_csv(path: str, wordnet_dir: str = WORDNET_DIR, seed: int = 0) -> int:
+    """Writes text,label rows of every verb synset in a seeded random order
+    (data.verb groups synsets by class, which the first N rows of a file
+    should not); returns the row count."""
     rows = list(read_parsed(os.path.join(wordnet_dir, "data.verb"), parse_verb_line))
+    random.Random(seed).shuffle(rows)
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["text", "label"])
