@@ -120,10 +120,12 @@ def from_scratch_config(cfg):
     decay, which only means something for pre-trained layers)."""
     import copy
 
+    from pipeline.config import PretrainConfig
+
     twin = copy.deepcopy(cfg)
     twin.name = cfg.pretrain.from_scratch_experiment
-    twin.pretrain.enabled = False
-    twin.pretrain.from_scratch_experiment = ""
+    # Off, and the defaults: pre-training settings do not make another twin.
+    twin.pretrain = PretrainConfig(enabled=False)
     twin.model.init_checkpoint = ""
     twin.train.layer_decay = 1.0
     return twin.validate()

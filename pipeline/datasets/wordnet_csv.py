@@ -1,6 +1,7 @@
 """`python -m pipeline.datasets.wordnet_csv verb out.csv`: a labelled CSV of a
 WordNet part of speech (from the Debian package wordnet-base), to try the
-CSV source and pre-training on a task's own text with data that installs here.
+CSV source and pre-training on a task's own text with data that installs here;
+`... unlabeled out.txt`: the other parts of speech as unlabeled text.
 
 Each row is one synset: `text` = "lemmas: gloss" (the task's text form),
 `label` = its lexicographer file (verb: 15 classes, verb.body ... verb.weather).
@@ -52,13 +53,37 @@ def write_csv(path: str, wordnet_dir: str = WORDNET_DIR, seed: int = 0) -> int:
     return len(rows)
 
 
+UNLABELED_FILES = ("data.noun", "data.adj", "data.adv")
+
+
+def write_unlabeled(path: str, wordnet_dir: str = WORDNET_DIR) -> int:
+    """Writes the "lemmas: gloss" text of every noun, adjective and adverb
+    synset, one per line: unlabeled text for pre-training a verb task (no
+    verb gloss in it); returns the line count."""
+    from pipeline.tasks.masked_lm import parse_gloss_line
+
+    lines = []
+    for name in UNLABELED_FILES:
+        for _, lemmas, gloss in read_parsed(os.path.join(wordnet_dir, name),
+                                            parse_gloss_line):
+            lines.append(f"{', '.join(lemmas)}: {gloss}".replace("\n", " "))
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in lines)
+    return len(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.datasets.wordnet_csv",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("pos", choices=["verb"], help="part of speech")
-    parser.add_argument("out", help="CSV file to write")
+    parser.add_argument("kind", choices=["verb", "unlabeled"],
+                        help="verb: the labelled verb CSV; unlabeled: noun, adjective "
+                        "and adverb glosses as a text file (a line each)")
+    parser.add_argument("out", help="file to write")
     args = parser.parse_args(argv)
-    print(f"wrote {args.out}: {write_csv(args.out):,} rows")
+    if args.kind == "verb":
+        print(f"wrote {args.out}: {write_csv(args.out):,} rows")
+    else:
+        print(f"wrote {args.out}: {write_unlabeled(args.out):,} lines")
     return 0
 
 

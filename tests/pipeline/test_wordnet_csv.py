@@ -42,3 +42,21 @@ def test_every_verb_synset_is_one_row_labelled_by_its_lexicographer_file(tmp_pat
     corpus, _ = build_corpus(cfg, splits, log=lambda *_: None)
     held_out = set(splits.texts["validation"]) | set(splits.texts["test"])
     assert len(corpus) > 0.75 * len(rows) and not set(corpus) & held_out
+
+
+def test_unlabeled_text_holds_the_other_parts_of_speech_and_no_verb_gloss(tmp_path):
+    from pipeline.datasets.wordnet_csv import write_csv, write_unlabeled
+
+    out, verbs = tmp_path / "other.txt", tmp_path / "verbs.csv"
+    count = write_unlabeled(str(out))
+    write_csv(str(verbs))
+    lines = out.read_text(encoding="utf-8").splitlines()
+    expected = 0
+    for name in ("data.noun", "data.adj", "data.adv"):
+        with open(f"/usr/share/wordnet/{name}", encoding="utf-8", errors="replace") as f:
+            expected += sum(1 for line in f if not line.startswith("  "))
+    assert len(lines) == count == expected > 100_000
+    with open(verbs, newline="", encoding="utf-8") as f:
+        verb_texts = {r["text"] for r in csv.DictReader(f)}
+    assert not verb_texts & set(lines)
+    assert "entity: that which is perceived or known or inferred" in lines[0]
