@@ -15,7 +15,7 @@ import os
 import random
 import sys
 
-from pipeline.datasets.wordnet_topics import read_parsed
+from pipeline.datasets.wordnet_topics import parse_gloss_line, read_parsed
 from pipeline.files import atomic_path
 
 WORDNET_DIR = "/usr/share/wordnet"
@@ -60,8 +60,6 @@ def write_unlabeled(path: str, wordnet_dir: str = WORDNET_DIR) -> int:
     """Writes the "lemmas: gloss" text of every noun, adjective and adverb
     synset, one per line: unlabeled text for pre-training a verb task (no
     verb gloss in it); returns the line count."""
-    from pipeline.tasks.masked_lm import parse_gloss_line
-
     lines = []
     for name in UNLABELED_FILES:
         for _, lemmas, gloss in read_parsed(os.path.join(wordnet_dir, name),

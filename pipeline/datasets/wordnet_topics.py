@@ -15,6 +15,7 @@ example in train (< 80), validation (< 90) or test.
 from __future__ import annotations
 
 import os
+import re
 
 import tensorflow_datasets as tfds
 
@@ -83,6 +84,22 @@ def read_parsed(path: str, parse=None, error=ValueError):
                 raise error(f"{path}:{number}: malformed synset line: {err}") from None
             if row is not None:
                 yield row
+
+
+_ADJ_MARKER = re.compile(r"\((a|p|ip)\)$")
+
+
+def parse_gloss_line(line: str) -> tuple[str, list[str], str] | None:
+    """(offset, lemmas, gloss) of one WordNet data.* line; None for the header."""
+    if not line or line.startswith("  ") or " | " not in line:
+        return None
+    data, _, gloss = line.partition(" | ")
+    fields = data.split()
+    word_count = int(fields[3], 16)
+    words = [_ADJ_MARKER.sub("", w).replace("_", " ")
+             for w in fields[4:4 + 2 * word_count:2]]
+    return fields[0], words, gloss.strip()
+
 
 
 def read_synsets(path: str = DEFAULT_PATH):

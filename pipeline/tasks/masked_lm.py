@@ -37,11 +37,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 
 from pipeline.config import ExperimentConfig, TrainConfig, check
-from pipeline.datasets.wordnet_topics import read_parsed, split_of
+from pipeline.datasets.wordnet_topics import parse_gloss_line, read_parsed, split_of
 from pipeline.files import write_json
 from pipeline.progress import format_duration
 from pipeline.sources import DataError, TextSplits
@@ -52,19 +51,6 @@ WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 SUMMARY_FILE = "pretrain.json"
 # `pretrain.corpora` entry: the task's own training split (CSV/JSONL users' text).
 TRAIN_SPLIT = "train_split"
-_ADJ_MARKER = re.compile(r"\((a|p|ip)\)$")
-
-
-def parse_gloss_line(line: str) -> tuple[str, list[str], str] | None:
-    """(offset, lemmas, gloss) of one WordNet data.* line; None for the header."""
-    if not line or line.startswith("  ") or " | " not in line:
-        return None
-    data, _, gloss = line.partition(" | ")
-    fields = data.split()
-    word_count = int(fields[3], 16)
-    words = [_ADJ_MARKER.sub("", w).replace("_", " ")
-             for w in fields[4:4 + 2 * word_count:2]]
-    return fields[0], words, gloss.strip()
 
 
 def _format(lemmas: list[str], gloss: str, include_lemmas: bool) -> str:
