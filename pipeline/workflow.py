@@ -148,7 +148,8 @@ def compare_with_from_scratch(cfg, metrics, strategy=None) -> dict | None:
     twin = from_scratch_config(cfg)
     rows = {"pretrained_finetuned": {k: metrics["test"][k] for k in ("accuracy", "macro_f1")}}
     baseline = {k: metrics["baseline"][k] for k in ("accuracy", "macro_f1")}
-    changed = settings_changed(os.path.join(twin.run_dir, "config.yaml"), twin)
+    changed = settings_changed(os.path.join(twin.run_dir, "config.yaml"), twin,
+                               ignore=HOW_A_RUN_IS_RUN)
     if changed:
         log(f"[compare] {twin.run_dir}/ holds a from-scratch run with other settings "
             f"({', '.join(changed[:6])}): not compared, not overwritten. Delete it, or "
@@ -161,7 +162,8 @@ def compare_with_from_scratch(cfg, metrics, strategy=None) -> dict | None:
             other = json.load(f)
         if not _same_test(other, metrics):
             log(f"[compare] {path} is not on this run's test split and text: "
-                "training the from-scratch model again")
+                "running the from-scratch experiment again (it resumes from its "
+                "checkpoints and is evaluated on this split)")
             other = None
     if other is None and cfg.runtime.strategy == "multi_worker_mirrored":
         # The other workers have finished: the chief does not train alone.
@@ -179,9 +181,18 @@ def compare_with_from_scratch(cfg, metrics, strategy=None) -> dict | None:
     return {**rows, "baseline": baseline}
 
 
-def settings_changed(saved_config: str, cfg) -> list[str]:
+# Config keys that say how or under which name a run is run, not what it
+# trains: a from-scratch twin launched by hand (the multi-worker hint above)
+# with another strategy or stale pretrain.* values is still the same twin.
+HOW_A_RUN_IS_RUN = ("name", "pretrain.", "runtime.strategy", "runtime.devices",
+                    "runtime.tpu_address", "runtime.collective_timeout_seconds",
+                    "runtime.step_timeout_seconds", "runtime.logical_cpu_devices")
+
+
+def settings_changed(saved_config: str, cfg, ignore=()) -> list[str]:
     """The config keys whose value in `saved_config` (a run's config.yaml)
-    differs from `cfg`'s; [] when the file does not exist."""
+    differs from `cfg`'s, but for keys starting with one of `ignore`; []
+    when the file does not exist."""
     import yaml
 
     if not os.path.isfile(saved_config):
@@ -196,7 +207,8 @@ def settings_changed(saved_config: str, cfg) -> list[str]:
         return out
 
     old, new = flat(saved), flat(cfg.to_dict())
-    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return sorted(k for k in old.keys() | new.keys()
+                  if old.get(k) != new.get(k) and not k.startswith(tuple(ignore)))
 
 
 def write_training_curves(cfg, history=None):

@@ -367,6 +367,16 @@ def test_a_pretrained_run_shows_three_rows_training_the_from_scratch_twin(
     assert workflow.compare_with_from_scratch(cfg, metrics) == rows
     assert "training the same classifier from random weights" not in \
         capsys.readouterr().out
+    # A twin run by hand (the multi-worker hint) under another strategy, with
+    # pre-training settings left over, is still this run's twin.
+    import yaml
+
+    saved = tmp_path / "scratch_twin" / "config.yaml"
+    by_hand = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    by_hand["runtime"]["strategy"] = "mirrored"
+    by_hand["pretrain"].update(steps=999, enabled=False)
+    saved.write_text(yaml.safe_dump(by_hand), encoding="utf-8")
+    assert workflow.compare_with_from_scratch(cfg, metrics) == rows
     # Other fine-tuning settings: the cached twin is not theirs; it is left as
     # it is and not compared.
     cfg.train.epochs = 3
