@@ -31,13 +31,12 @@ FIRST_VERB_LEXFILE = 29
 
 def parse_verb_line(line: str) -> tuple[str, str] | None:
     """(text, label) of one data.verb line; None for the licence header."""
-    if not line or line.startswith("  ") or " | " not in line:
+    row = parse_gloss_line(line)
+    if row is None:
         return None
-    data, _, gloss = line.partition(" | ")
-    fields = data.split()
-    words = fields[4:4 + 2 * int(fields[3], 16):2]
-    lemmas = ", ".join(w.replace("_", " ") for w in words)
-    return f"{lemmas}: {gloss.strip()}", VERB_LEXNAMES[int(fields[1]) - FIRST_VERB_LEXFILE]
+    _, lemmas, gloss = row
+    lexfile = int(line.split(maxsplit=2)[1])
+    return f"{', '.join(lemmas)}: {gloss}", VERB_LEXNAMES[lexfile - FIRST_VERB_LEXFILE]
 
 
 def write_csv(path: str, wordnet_dir: str = WORDNET_DIR, seed: int = 0) -> int:
