@@ -7,6 +7,7 @@ from models.layers.masking import compute_causal_mask, merge_padding_and_attenti
 from models.layers.multi_head_attention import MultiHeadAttention
 from models.layers.sine_position_encoding import SinePositionEncoding
 from models.layers.token_and_position_embedding import TokenAndPositionEmbedding
+from models.layers.transformer_decoder import TransformerDecoder
 from models.layers.transformer_encoder import TransformerEncoder
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "MultiHeadAttention",
     "SinePositionEncoding",
     "TokenAndPositionEmbedding",
+    "TransformerDecoder",
     "TransformerEncoder",
     "compute_causal_mask",
     "merge_padding_and_attention_mask",

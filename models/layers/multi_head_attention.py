@@ -33,6 +33,28 @@ class MultiHeadAttention(keras.layers.Layer):
     are all masked gets a uniform distribution and finite outputs, never NaN.
     The layer uses only ops that XLA and the TFLite converter accept.
 
+    Cached decoding (the semantics of keras-hub's `CachedMultiHeadAttention`):
+    a cache holds the projected keys and values of a sequence, stacked,
+    `(batch, 2, max_length, num_heads, key_dim)`, so an autoregressive loop
+    projects each new token once instead of the whole prefix at every step.
+
+    - Self-attention: pass `cache` and `cache_update_index`; the keys and
+      values of `value`/`key` (the new step or steps) are written into the
+      cache at that index along the sequence axis (`keras.ops.slice_update`,
+      the builtin `DYNAMIC_UPDATE_SLICE` in TFLite), the queries attend over
+      the whole updated cache, and the layer returns `(output, cache)`. The
+      positions not yet written hold whatever the cache held (zeros at the
+      start): `attention_mask` must mask them, e.g.
+      `compute_causal_mask(batch, max_length, q_len, cache_update_index)`.
+    - Cross-attention: compute the cache once per source with
+      `compute_cache(encoder_outputs)` and pass it with
+      `cache_update_index=None`; it is used as is (`value` and `key` are
+      ignored and may be `None`) and returned unchanged.
+
+    A cache needs `value_dim == key_dim`. It is cast to the compute dtype.
+    Without a cache the layer and its weights are those of the uncached
+    layer; the cache is for inference, not training.
+
     Args:
         num_heads: int, the number of attention heads.
         key_dim: int, the size of each head for query and key.
@@ -51,21 +73,31 @@ class MultiHeadAttention(keras.layers.Layer):
 
     Call arguments:
         query: tensor of shape `(batch, q_len, query_dim)`.
-        value: tensor of shape `(batch, kv_len, value_dim_in)`.
-        key: optional tensor of shape `(batch, kv_len, key_dim_in)`. Defaults
-            to `value`.
-        attention_mask: optional bool tensor of shape `(batch, q_len, kv_len)`;
-            `True` means the query position may attend to the key position.
-            Build it with `models.layers.merge_padding_and_attention_mask` or
+        value: tensor of shape `(batch, kv_len, value_dim_in)`. With a
+            `cache` and a `cache_update_index`, the `steps` new positions
+            `(batch, steps, value_dim_in)`; with a `cache` and no index,
+            ignored.
+        key: optional tensor of shape `(batch, kv_len, key_dim_in)` (or
+            `steps`, as `value`). Defaults to `value`.
+        attention_mask: optional bool tensor of shape `(batch, q_len, kv_len)`
+            (`kv_len` is `max_length` with a cache); `True` means the query
+            position may attend to the key position. Build it with
+            `models.layers.merge_padding_and_attention_mask` or
             `models.layers.compute_causal_mask`.
+        cache: optional float tensor of shape
+            `(batch, 2, max_length, num_heads, key_dim)`, the projected keys
+            (`[:, 0]`) and values (`[:, 1]`).
+        cache_update_index: optional int or scalar int tensor, the position
+            in `cache` of the first new step. Needs `cache`.
         return_attention_scores: bool. If `True`, also return the attention
             probabilities of shape `(batch, num_heads, q_len, kv_len)`
             (before dropout).
         training: bool, whether dropout is active.
 
     Returns:
-        A tensor of shape `(batch, q_len, query_dim)`, and the attention
-        probabilities if `return_attention_scores=True`.
+        A tensor of shape `(batch, q_len, query_dim)`; then the attention
+        probabilities if `return_attention_scores=True`; then the (updated)
+        cache if `cache` is given. One tensor alone, else a tuple.
 
     Example:
     ```python
@@ -73,6 +105,15 @@ class MultiHeadAttention(keras.layers.Layer):
     x = np.random.uniform(size=(2, 5, 16)).astype("float32")
     mask = np.tril(np.ones((5, 5), dtype=bool))[None].repeat(2, axis=0)
     y = layer(x, x, attention_mask=mask)  # (2, 5, 16)
+
+    # The same outputs one step at a time, with a self-attention cache.
+    cache = np.zeros((2, 2, 5, 2, 8), "float32")
+    for i in range(5):
+        step_mask = compute_causal_mask(2, 5, 1, cache_index=i)
+        y_i, cache = layer(
+            x[:, i : i + 1], x[:, i : i + 1], attention_mask=step_mask,
+            cache=cache, cache_update_index=i,
+        )  # y_i == y[:, i : i + 1]
     ```
     """
 
@@ -156,15 +197,65 @@ class MultiHeadAttention(keras.layers.Layer):
         value,
         key=None,
         attention_mask=None,
+        cache=None,
+        cache_update_index=None,
         return_attention_scores=False,
         training=None,
     ):
-        if key is None:
-            key = value
         query = self._project(self._query_dense, query, 1)  # (b, q, heads, key_dim)
-        key = self._project(self._key_dense, key, 1)  # (batch, kv_len, heads, key_dim)
-        value = self._project(self._value_dense, value, 1)  # (b, kv, heads, value_dim)
+        if cache is None:
+            if cache_update_index is not None:
+                raise ValueError(
+                    "`cache_update_index` needs a `cache`. Received: cache=None, "
+                    f"cache_update_index={cache_update_index}"
+                )
+            key = value if key is None else key
+            key = self._project(self._key_dense, key, 1)  # (b, kv, heads, key_dim)
+            value = self._project(self._value_dense, value, 1)  # (b, kv, h, v_dim)
+        else:
+            self._check_cache(cache)
+            cache = ops.cast(cache, self.compute_dtype)
+            if cache_update_index is not None:
+                # The new steps' keys and values, written in place at
+                # `cache_update_index` along the sequence axis (a
+                # DYNAMIC_UPDATE_SLICE in TFLite).
+                update = self.compute_cache(value, key)  # (b, 2, steps, h, d)
+                start = [0, 0, ops.cast(cache_update_index, "int32"), 0, 0]
+                cache = ops.slice_update(cache, start, update)
+            key, value = ops.unstack(cache, num=2, axis=1)  # (b, max_len, h, d)
 
+        output, probs = self._attend(query, key, value, attention_mask, training)
+        outputs = (output,)
+        if return_attention_scores:
+            outputs += (probs,)
+        if cache is not None:
+            outputs += (cache,)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def compute_cache(self, value, key=None):
+        """Projects `key` and `value` into a cache for `call(..., cache=)`.
+
+        For cross-attention, compute the cache once per source sequence and
+        pass it to every decoding step with `cache_update_index=None`.
+
+        Args:
+            value: tensor of shape `(batch, kv_len, value_dim_in)`.
+            key: optional tensor of shape `(batch, kv_len, key_dim_in)`.
+                Defaults to `value`.
+
+        Returns:
+            The projected keys and values stacked on axis 1, a tensor of shape
+            `(batch, 2, kv_len, num_heads, key_dim)` in the compute dtype.
+        """
+        self._check_cache_dims()
+        key = value if key is None else key
+        key = self._project(self._key_dense, key, 1)  # (b, kv, heads, key_dim)
+        value = self._project(self._value_dense, value, 1)  # (b, kv, heads, key_dim)
+        return ops.stack((key, value), axis=1)  # (b, 2, kv, heads, key_dim)
+
+    def _attend(self, query, key, value, attention_mask, training):
+        """Attention of the projected heads; returns the projected output and
+        the attention probabilities."""
         query = ops.multiply(
             query, ops.cast(1.0 / math.sqrt(float(self.key_dim)), query.dtype)
         )
@@ -181,9 +272,26 @@ class MultiHeadAttention(keras.layers.Layer):
 
         output = ops.einsum("bhts,bshd->bthd", dropped, value)  # (b, q, h, v)
         output = self._project(self._output_dense, output, 2)  # (b, q, hidden_dim)
-        if return_attention_scores:
-            return output, probs
-        return output
+        return output, probs
+
+    def _check_cache_dims(self):
+        if self.value_dim is not None and self.value_dim != self.key_dim:
+            raise ValueError(
+                "A key/value cache stacks keys and values, so it needs "
+                "`value_dim` equal to `key_dim`. Received: "
+                f"value_dim={self.value_dim}, key_dim={self.key_dim}"
+            )
+
+    def _check_cache(self, cache):
+        self._check_cache_dims()
+        shape = tuple(cache.shape)
+        expected = (2, self.num_heads, self.key_dim)
+        if len(shape) != 5 or (shape[1], shape[3], shape[4]) != expected:
+            raise ValueError(
+                "`cache` must have shape (batch, 2, max_length, num_heads, "
+                f"key_dim) = (batch, 2, max_length, {self.num_heads}, "
+                f"{self.key_dim}). Received: cache.shape={shape}"
+            )
 
     # The projections own their weights as `EinsumDense` layers (the shapes
     # of `keras.layers.MultiHeadAttention`), but run as one 2-D matmul each:
@@ -209,6 +317,29 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def compute_output_shape(self, query_shape, value_shape, key_shape=None):
         return query_shape
+
+    def compute_output_spec(
+        self,
+        query,
+        value,
+        key=None,
+        attention_mask=None,
+        cache=None,
+        cache_update_index=None,
+        return_attention_scores=False,
+        training=None,
+    ):
+        outputs = (keras.KerasTensor(query.shape, dtype=self.compute_dtype),)
+        if return_attention_scores:
+            if cache is not None:
+                kv_len = cache.shape[2]
+            else:
+                kv_len = (value if key is None else key).shape[1]
+            scores_shape = (query.shape[0], self.num_heads, query.shape[1], kv_len)
+            outputs += (keras.KerasTensor(scores_shape, dtype=self.compute_dtype),)
+        if cache is not None:
+            outputs += (keras.KerasTensor(cache.shape, dtype=self.compute_dtype),)
+        return outputs[0] if len(outputs) == 1 else outputs
 
     def get_config(self):
         config = super().get_config()

@@ -2,16 +2,12 @@
 
 import keras
 
-from models.layers import activations
-from models.layers._utils import check_dropout, check_positive_ints, clone_initializer
-from models.layers.dropout import Dropout
-from models.layers.layer_normalization import LayerNormalization
+from models.layers._transformer_block import TransformerBlock
 from models.layers.masking import merge_padding_and_attention_mask
-from models.layers.multi_head_attention import MultiHeadAttention
 
 
 @keras.saving.register_keras_serializable(package="transformer_pipeline")
-class TransformerEncoder(keras.layers.Layer):
+class TransformerEncoder(TransformerBlock):
     """One Transformer encoder block: self-attention, then a feed-forward net.
 
     Each of the two sub-blocks has a residual connection and a
@@ -65,87 +61,16 @@ class TransformerEncoder(keras.layers.Layer):
     ```
     """
 
-    def __init__(
-        self,
-        intermediate_dim,
-        num_heads,
-        dropout=0.0,
-        activation="gelu",
-        layer_norm_epsilon=1e-5,
-        norm_first=False,
-        kernel_initializer="glorot_uniform",
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        check_positive_ints(intermediate_dim=intermediate_dim, num_heads=num_heads)
-        check_dropout(dropout)
-        self.intermediate_dim = intermediate_dim
-        self.num_heads = num_heads
-        self.dropout = dropout
-        self.activation = keras.activations.get(activation)
-        self.layer_norm_epsilon = layer_norm_epsilon
-        self.norm_first = norm_first
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-
     def build(self, inputs_shape):
-        hidden_dim = inputs_shape[-1]
-        if hidden_dim is None or hidden_dim % self.num_heads != 0:
-            raise ValueError(
-                "The hidden size of the inputs must be divisible by `num_heads`. "
-                f"Received: hidden_dim={hidden_dim}, num_heads={self.num_heads}"
-            )
-        intermediate_shape = tuple(inputs_shape[:-1]) + (self.intermediate_dim,)
-
-        self._self_attention_layer = MultiHeadAttention(
-            num_heads=self.num_heads,
-            key_dim=hidden_dim // self.num_heads,
-            dropout=self.dropout,
-            kernel_initializer=clone_initializer(self.kernel_initializer),
-            dtype=self.dtype_policy,
-            name="self_attention_layer",
+        head_dim = self._head_dim(inputs_shape[-1])
+        self._self_attention_layer = self._make_attention(
+            "self_attention_layer", head_dim, inputs_shape, inputs_shape
         )
-        self._self_attention_layer.build(inputs_shape, inputs_shape)
-        self._self_attention_layer_norm = LayerNormalization(
-            epsilon=self.layer_norm_epsilon,
-            dtype=self.dtype_policy,
-            name="self_attention_layer_norm",
+        self._self_attention_layer_norm = self._make_layer_norm(
+            "self_attention_layer_norm", inputs_shape
         )
-        self._self_attention_layer_norm.build(inputs_shape)
-        self._self_attention_dropout = Dropout(
-            rate=self.dropout,
-            dtype=self.dtype_policy,
-            name="self_attention_dropout",
-        )
-
-        self._feedforward_layer_norm = LayerNormalization(
-            epsilon=self.layer_norm_epsilon,
-            dtype=self.dtype_policy,
-            name="feedforward_layer_norm",
-        )
-        self._feedforward_layer_norm.build(inputs_shape)
-        # Exact GELU runs outside the Dense layer, so that training can use
-        # its cheaper hand-written gradient (models/layers/activations.py).
-        self._fused_gelu = self.activation is keras.activations.gelu
-        self._feedforward_intermediate_dense = keras.layers.Dense(
-            self.intermediate_dim,
-            activation=None if self._fused_gelu else self.activation,
-            kernel_initializer=clone_initializer(self.kernel_initializer),
-            dtype=self.dtype_policy,
-            name="feedforward_intermediate_dense",
-        )
-        self._feedforward_intermediate_dense.build(inputs_shape)
-        self._feedforward_output_dense = keras.layers.Dense(
-            hidden_dim,
-            kernel_initializer=clone_initializer(self.kernel_initializer),
-            dtype=self.dtype_policy,
-            name="feedforward_output_dense",
-        )
-        self._feedforward_output_dense.build(intermediate_shape)
-        self._feedforward_dropout = Dropout(
-            rate=self.dropout,
-            dtype=self.dtype_policy,
-            name="feedforward_dropout",
-        )
+        self._self_attention_dropout = self._make_dropout("self_attention_dropout")
+        self._build_feedforward(inputs_shape)
         self.built = True
 
     def call(self, inputs, padding_mask=None, attention_mask=None, training=None):
@@ -157,49 +82,20 @@ class TransformerEncoder(keras.layers.Layer):
         # Self-attention block.
         x = inputs  # (batch, seq, hidden_dim)
         residual = x
-        if self.norm_first:
-            x = self._self_attention_layer_norm(x, training=training)
+        x = self._sub_block_input(x, self._self_attention_layer_norm, training)
         x = self._self_attention_layer(
             query=x,
             value=x,
             attention_mask=self_attention_mask,
             training=training,
         )
-        x = self._self_attention_dropout(x, training=training)
-        x = x + residual
-        if not self.norm_first:
-            x = self._self_attention_layer_norm(x, training=training)
+        x = self._sub_block_output(
+            x, residual, self._self_attention_layer_norm,
+            self._self_attention_dropout, training,
+        )
 
         # Feed-forward block.
-        residual = x
-        if self.norm_first:
-            x = self._feedforward_layer_norm(x, training=training)
-        x = self._feedforward_intermediate_dense(x)  # (batch, seq, intermediate)
-        if self._fused_gelu:
-            x = activations.gelu(x, training=training)
-        x = self._feedforward_output_dense(x)  # (batch, seq, hidden_dim)
-        x = self._feedforward_dropout(x, training=training)
-        x = x + residual
-        if not self.norm_first:
-            x = self._feedforward_layer_norm(x, training=training)
-        return x
+        return self._feedforward_block(x, training)
 
     def compute_output_shape(self, inputs_shape):
         return inputs_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "intermediate_dim": self.intermediate_dim,
-                "num_heads": self.num_heads,
-                "dropout": self.dropout,
-                "activation": keras.activations.serialize(self.activation),
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-                "norm_first": self.norm_first,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-            }
-        )
-        return config
