@@ -35,20 +35,29 @@ $(VENV)/.installed: requirements.txt
 	  || { echo "error: the Python packages did not install; see the pip output above"; exit 1; }
 	touch $@
 
-# The OS data package: apt-get as root, sudo otherwise, else print the command.
+# The OS data packages (package:file it provides), installed together: apt-get
+# as root, sudo otherwise, else print the command. wordnet-base: the default
+# classification data and pre-training corpus; trans-de-en: translation.
+DATA_PACKAGES := wordnet-base:$(WORDNET) trans-de-en:/usr/share/trans/de-en
+
 data:
-	@if [ ! -f $(WORDNET) ]; then \
-	  echo "Installing the Debian package wordnet-base (provides $(WORDNET)) ..."; \
+	@missing=""; for pair in $(DATA_PACKAGES); do \
+	  [ -f "$${pair#*:}" ] || missing="$$missing $${pair%%:*}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing the Debian package(s)$$missing ..."; \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    (apt-get update -qq && apt-get install -y -qq --no-install-recommends wordnet-base) >/dev/null; \
+	    (apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing) >/dev/null; \
 	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
-	    (sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends wordnet-base) >/dev/null; \
+	    (sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends $$missing) >/dev/null; \
 	  fi; \
-	  if [ ! -f $(WORDNET) ]; then \
-	    echo "error: $(WORDNET) is missing and could not be installed here. Run:"; \
-	    echo "    sudo apt-get update && sudo apt-get install -y --no-install-recommends wordnet-base"; \
-	    exit 1; \
-	  fi; \
+	  for pair in $(DATA_PACKAGES); do \
+	    if [ ! -f "$${pair#*:}" ]; then \
+	      echo "error: $${pair#*:} is missing and could not be installed here. Run:"; \
+	      echo "    sudo apt-get update && sudo apt-get install -y --no-install-recommends$$missing"; \
+	      exit 1; \
+	    fi; \
+	  done; \
 	fi
 
 clean:

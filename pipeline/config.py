@@ -114,6 +114,11 @@ class TrainConfig:
     # Clip gradients to this global norm (0 = no clipping).
     clip_norm: float = 1.0
     label_smoothing: float = 0.0
+    # Classification: weight each example's loss by (n_train / n_class)**power,
+    # scaled so the mean weight over the training split is 1. 0 = plain
+    # cross-entropy; 1 = "balanced" (scikit-learn's class_weight); between
+    # trades a little accuracy for the rare classes (macro-F1).
+    class_weight_power: float = 0.0
     # Save a checkpoint every N optimizer steps (and at every epoch end).
     checkpoint_every_steps: int = 500
     keep_checkpoints: int = 3
@@ -283,6 +288,8 @@ class ExperimentConfig:
                "'cosine' or 'constant'")
         _check(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing",
                t.label_smoothing, "in [0, 1)")
+        _check(0.0 <= t.class_weight_power <= 1.0, "train.class_weight_power",
+               t.class_weight_power, "in [0, 1]")
         _check(t.checkpoint_every_steps > 0, "train.checkpoint_every_steps",
                t.checkpoint_every_steps, "> 0")
         _check(t.log_every_steps > 0, "train.log_every_steps",

@@ -195,8 +195,15 @@ class TextClassificationTask(Task):
             self._loss = keras.losses.CategoricalCrossentropy(
                 from_logits=True, label_smoothing=self.cfg.train.label_smoothing,
                 reduction=None)
+            self._class_weights = None
+            if self.cfg.train.class_weight_power:
+                self._class_weights = tf.constant(class_weights(
+                    self.splits.labels["train"], self.num_classes,
+                    self.cfg.train.class_weight_power), tf.float32)
         logits = model(inputs, training=training)
         per_example = self._loss(tf.one_hot(targets, self.num_classes), logits)
+        if self._class_weights is not None:
+            per_example = per_example * tf.gather(self._class_weights, targets)
         correct = tf.reduce_sum(tf.cast(
             tf.equal(tf.argmax(logits, -1, output_type=tf.int32), targets), tf.float32))
         return per_example, {"accuracy": correct}
@@ -221,7 +228,11 @@ class TextClassificationTask(Task):
         loss = float(np.mean(keras.ops.convert_to_numpy(
             keras.losses.sparse_categorical_crossentropy(labels, logits,
                                                          from_logits=True))))
-        return {"loss": loss, "accuracy": float(np.mean(np.argmax(logits, -1) == labels))}
+        from pipeline.evaluate import classification_metrics
+
+        metrics = classification_metrics(labels, np.argmax(logits, -1), self.label_names)
+        return {"loss": loss, "accuracy": metrics["accuracy"],
+                "macro_f1": metrics["macro_f1"]}
 
     def on_validation(self, writer, step, state):
         from pipeline import summaries
@@ -292,6 +303,19 @@ class TextClassificationTask(Task):
                 CONFUSION_MATRIX_PNG: "confusion matrix"}
 
 
+def class_weights(labels, num_classes: int, power: float) -> np.ndarray:
+    """Per-class loss weights (n / n_class)**power, scaled so that their mean
+    over the examples of `labels` is 1 (the loss keeps its scale, so the
+    learning rate chosen without weights still fits). A class absent from
+    `labels` gets weight 0: there is nothing to learn it from."""
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes)
+    weights = np.zeros(num_classes, np.float64)
+    present = counts > 0
+    weights[present] = (counts.sum() / counts[present]) ** power
+    weights /= (weights * counts).sum() / counts.sum()
+    return weights.astype(np.float32)
+
+
 def verdict(model: dict, baseline: dict) -> str:
     """One plain line: does the model beat the baseline on both metrics?"""
     deltas = {name: 100 * (model[key] - baseline[key])
@@ -304,4 +328,4 @@ def verdict(model: dict, baseline: dict) -> str:
             f"({shown})")
 
 
-__all__ = ["ConfigError", "TextClassificationTask", "verdict"]
+__all__ = ["ConfigError", "TextClassificationTask", "class_weights", "verdict"]
