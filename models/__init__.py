@@ -9,5 +9,12 @@ from models import layers
 from models.masked_lm import MaskedLanguageModel
 from models.text_classifier import TextClassifier
 from models.transformer_encoder_backbone import TransformerEncoderBackbone
+from models.translator import Translator
 
-__all__ = ["MaskedLanguageModel", "TextClassifier", "TransformerEncoderBackbone", "layers"]
+__all__ = [
+    "MaskedLanguageModel",
+    "TextClassifier",
+    "TransformerEncoderBackbone",
+    "Translator",
+    "layers",
+]

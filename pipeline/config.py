@@ -39,12 +39,16 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     # Where examples come from: "wordnet_topics" (TFDS builder over the Debian
-    # package wordnet-base), "csv", "jsonl", or "tfds:<public name>".
+    # package wordnet-base), "csv", "jsonl", or "tfds:<public name>";
+    # translation: "trans_de_en" (TFDS builder over the package trans-de-en).
     source: str = "wordnet_topics"
     # wordnet_topics: path of WordNet's noun data file.
     wordnet_path: str = "/usr/share/wordnet/data.noun"
     # wordnet_topics: prefix the definition with the synset's lemmas ("a, b: def").
     include_lemmas: bool = True
+    # trans_de_en (translation): the Ding German-English dictionary of the
+    # Debian package trans-de-en.
+    dictionary_path: str = "/usr/share/trans/de-en"
     # csv/jsonl: files per split; empty validation/test paths mean a stable
     # 80/10/10 hash split of the train file.
     train_path: str = ""

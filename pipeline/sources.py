@@ -56,18 +56,32 @@ class TextSplits:
                 "splits": {}}
         for split in SPLITS:
             texts, labels = self.texts[split], self.labels[split]
-            chars = np.array([len(t) for t in texts]) if len(texts) else np.zeros(1)
-            words = np.array([len(t.split()) for t in texts]) if len(texts) else np.zeros(1)
             counts = np.bincount(labels, minlength=self.num_classes)
             card["splits"][split] = {
                 "examples": int(len(texts)),
                 "per_class": {n: int(c) for n, c in zip(self.label_names, counts)},
-                "chars_p50_p90_p99_max": [int(np.percentile(chars, q))
-                                          for q in (50, 90, 99)] + [int(chars.max())],
-                "words_p50_p90_p99_max": [int(np.percentile(words, q))
-                                          for q in (50, 90, 99)] + [int(words.max())],
+                **length_percentiles(texts),
             }
         return card
+
+
+def length_percentiles(texts) -> dict:
+    """Characters and whitespace words per text: p50, p90, p99 and max (zeros
+    for no texts); shared by every data card."""
+    chars = np.array([len(t) for t in texts]) if len(texts) else np.zeros(1)
+    words = np.array([len(t.split()) for t in texts]) if len(texts) else np.zeros(1)
+    return {
+        "chars_p50_p90_p99_max": [int(np.percentile(chars, q))
+                                  for q in (50, 90, 99)] + [int(chars.max())],
+        "words_p50_p90_p99_max": [int(np.percentile(words, q))
+                                  for q in (50, 90, 99)] + [int(words.max())],
+    }
+
+
+def format_lengths(name: str, lengths: dict) -> str:
+    """One data-card line of `length_percentiles`."""
+    return (f"  {name:<10} chars p50/p90/p99/max {lengths['chars_p50_p90_p99_max']}"
+            f"  words {lengths['words_p50_p90_p99_max']}")
 
 
 def format_data_card(card: dict) -> str:
@@ -76,8 +90,7 @@ def format_data_card(card: dict) -> str:
     lines.append("  " + "  ".join(
         f"{s}: {splits[s]['examples']:,}" for s in SPLITS) + " examples")
     for s in SPLITS:
-        lines.append(f"  {s:<10} chars p50/p90/p99/max {splits[s]['chars_p50_p90_p99_max']}"
-                     f"  words {splits[s]['words_p50_p90_p99_max']}")
+        lines.append(format_lengths(s, splits[s]))
     names = list(splits["train"]["per_class"])
     width = max(len(n) for n in names)
     lines.append(f"  {'class':<{width}} " + " ".join(f"{s:>10}" for s in SPLITS))
@@ -117,7 +130,7 @@ def load_splits(cfg: DataConfig, artifacts_root: str = "artifacts",
     return splits
 
 
-def _tfds_dir(cfg: DataConfig, artifacts_root: str) -> str:
+def tfds_data_dir(cfg: DataConfig, artifacts_root: str) -> str:
     if os.path.isabs(cfg.tfds_data_dir):
         return cfg.tfds_data_dir
     return os.path.join(artifacts_root, cfg.tfds_data_dir)
@@ -131,7 +144,7 @@ def _load_wordnet_topics(cfg: DataConfig, artifacts_root: str, log) -> TextSplit
     require_file(cfg.wordnet_path)
     tfds.disable_progress_bar()
     builder = WordnetTopics(wordnet_path=cfg.wordnet_path,
-                            data_dir=_tfds_dir(cfg, artifacts_root), log=log)
+                            data_dir=tfds_data_dir(cfg, artifacts_root), log=log)
     log(f"[data] preparing TFDS wordnet_topics from {cfg.wordnet_path} "
         f"into {builder.data_dir} (cached after the first run)")
     builder.download_and_prepare()
@@ -271,7 +284,7 @@ def _load_public_tfds(cfg: DataConfig, artifacts_root: str) -> TextSplits:
     import tensorflow_datasets as tfds
 
     name = cfg.source[len("tfds:"):]
-    builder = tfds.builder(name, data_dir=_tfds_dir(cfg, artifacts_root))
+    builder = tfds.builder(name, data_dir=tfds_data_dir(cfg, artifacts_root))
     builder.download_and_prepare()
     label_feature = builder.info.features[cfg.label_column]
     names = list(label_feature.names)

@@ -17,7 +17,8 @@ from pipeline.tasks.base import Task
 _TASKS: dict[str, type[Task]] = {}
 # Built-in tasks: name -> module, imported on first use.
 _BUILTIN = {"text_classification": "pipeline.tasks.text_classification",
-            "masked_lm": "pipeline.tasks.masked_lm"}
+            "masked_lm": "pipeline.tasks.masked_lm",
+            "translation": "pipeline.tasks.translation"}
 
 DEFAULT_TASK = "text_classification"
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from keras import ops
+from tflite_test_utils import assert_builtins_only, convert_archive
 
 from models.layers import TokenAndPositionEmbedding, TransformerDecoder, TransformerEncoder
 
@@ -68,21 +69,6 @@ class _ToyTranslator(keras.Model):
         return {"logits": logits, "self_attention_cache": self_attention_cache}
 
 
-def _op_names(flatbuffer):
-    """The op names of every subgraph; custom (e.g. Flex) ops by their code."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
-    names = set()
-    for subgraph in model.subgraphs:
-        for op in subgraph.operators:
-            name = flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
-            if name == "CUSTOM":
-                name = bytes(model.operatorCodes[op.opcodeIndex].customCode).decode()
-            names.add(name)
-    return names
-
-
 @pytest.mark.slow
 def test_encode_and_cached_decode_run_in_litert(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
@@ -137,19 +123,10 @@ def test_encode_and_cached_decode_run_in_litert(tmp_path):
             tf.TensorSpec((1, SOURCE_SEQ), tf.int32, name="source_padding_mask"),
         ],
     )
-    saved_model_dir = str(tmp_path / "saved_model")
-    archive.write_out(saved_model_dir, verbose=False)
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(
-        saved_model_dir, signature_keys=["encode", "decode"]
-    )
     # Builtins only: a Flex op fails the conversion.
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    flatbuffer = converter.convert()
-    op_names = _op_names(flatbuffer)
+    flatbuffer = convert_archive(archive, tmp_path / "saved_model", ["encode", "decode"])
+    op_names = assert_builtins_only(flatbuffer)
     assert "DYNAMIC_UPDATE_SLICE" in op_names
-    assert not {name for name in op_names if name.startswith("Flex")}
-    assert "CUSTOM" not in op_names
 
     interpreter = Interpreter(model_content=flatbuffer)
     assert set(interpreter.get_signature_list()) == {"encode", "decode"}
