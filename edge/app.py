@@ -7,7 +7,7 @@ the bundle that export.bundle writes and nothing else.
 
 The bundle's manifest.json names its `task`; the runner registered for that task
 (edge/runners/, see runners.base.Runner) turns each text into a result. Tasks this
-app runs: text_classification.
+app runs: text_classification, translation.
 
 Usage:
     python edge/app.py --bundle DIR "some text" "another text"
@@ -22,6 +22,8 @@ Library use:
     runner.run("text")                     # -> {"text", ...task outputs..., "latency_ms"}
     runner.classify(["text"], top_k=3)     # text_classification: [{"text", "label",
                                            #   "probability", "top_k", "latency_ms"}]
+    runner.translate(["Text"])             # translation: [{"text", "translation",
+                                           #   "token_ids", "latency_ms"}]
 
 Exit codes: 0 ok; 1 some JSONL lines were malformed (they are reported on
 stderr with their line number and skipped, the rest is still run);
@@ -56,6 +58,7 @@ from runners import (  # noqa: E402
     Runner,
     RuntimeMissingError,
     SentencePieceTokenizer,
+    TranslationRunner,
     _import_interpreter,
     _import_sentencepiece,
     format_classification,
@@ -79,7 +82,8 @@ from runners import (  # noqa: E402
 __all__ = [
     "FLOAT_VARIANTS", "INSTALL_HINT", "PREVIEW_CHARS", "SUPPORTED_FORMAT_VERSIONS", "Bundle",
     "BundleError", "ClassificationRunner", "Manifest", "Runner", "RuntimeMissingError",
-    "SentencePieceTokenizer", "_import_interpreter", "_import_sentencepiece",
+    "SentencePieceTokenizer", "TranslationRunner", "_import_interpreter",
+    "_import_sentencepiece",
     "format_classification", "format_plain", "format_stats", "iter_jsonl", "latency_stats",
     "load_bundle", "main", "preview",
     "read_lines", "read_manifest", "register_runner", "registered_runners", "runner_class",

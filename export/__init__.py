@@ -48,6 +48,7 @@ def export_all(task, model, reference, log=print) -> dict:
                           f"{failures.get(e.edge_variant)}; choose another or 'auto'")
     summary = summarize(tflite, chosen, reason, e.accuracy_gate_points, failures, extra={
         "experiment": cfg.name, "task": task.name, "edge_variant_setting": e.edge_variant,
+        "latency_unit": module.latency_unit,
         "int8_recipe": {"calibration_examples": e.int8_calibration_examples,
                         "calibration_split": "train",
                         "mask_fill_value": e.int8_mask_fill_value,

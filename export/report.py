@@ -188,10 +188,12 @@ def write_report(report_dir: str, summary: dict, title: str = "") -> dict[str, s
     write_atomic(paths["json"], json.dumps(summary, indent=2) + "\n")
     runs = {r["latency_runs"] for r in summary["variants"].values()}
     recipe = summary.get("int8_recipe")
+    unit = summary.get("latency_unit")
     md = [f"# {title or 'Quantization report'}", "",
-          f"Evaluated with ai_edge_litert on the whole test split "
+          f"Evaluated with ai_edge_litert on the test split "
           f"({_first(summary, 'examples')} examples); latency is the median of "
-          f"{', '.join(str(r) for r in sorted(runs, key=str))} batch-1 runs after warm-up.",
+          f"{', '.join(str(r) for r in sorted(runs, key=str))} batch-1 runs after warm-up"
+          + (f" (one run: {unit})." if unit else "."),
           "", format_table(summary), "",
           f"**Edge bundle variant: {summary['chosen']}.** {summary['reason']}.", "",
           f"![size vs latency]({REPORT_PNG})", ""]

@@ -153,13 +153,12 @@ def evaluate_tflite(paths: dict[str, str], module, reference, latency_runs: int 
                     log=print, failures: dict[str, str] | None = None
                     ) -> dict[str, dict]:
     """The task's metrics (its export module's `evaluate_tflite`), size and
-    batch-1 latency (1 and 2 threads) per variant.
+    batch-1 latency (1 and 2 threads; the module's `latency_call`) per variant.
 
     A variant other than float32 that the runtime cannot run is left out and
     its reason put in `failures` (when given).
     """
     results = {}
-    first = module.tflite_signatures[0]
     for number, (variant, path) in enumerate(paths.items(), 1):
         start = time.time()
         log(f"[tflite] {variant} ({number}/{len(paths)}): the test split, then batch-1 "
@@ -173,11 +172,11 @@ def evaluate_tflite(paths: dict[str, str], module, reference, latency_runs: int 
             log(f"[tflite] {variant}: ai_edge_litert cannot run it, left out: "
                 f"{failures[variant]}")
             continue
-        latency = {f"threads_{n}": measure_latency_ms(
-            TFLiteModel(path, num_threads=n).signature(first), module.latency_inputs(),
-            latency_runs) for n in (1, 2)}
-        for n, row in zip((1, 2), latency.values()):
-            row["threads"] = n
+        latency = {}
+        for n in (1, 2):
+            call, inputs = module.latency_call(TFLiteModel(path, num_threads=n))
+            latency[f"threads_{n}"] = {**measure_latency_ms(call, inputs, latency_runs),
+                                       "threads": n}
         results[variant] = {"path": path, "size_bytes": os.path.getsize(path),
                             **metrics, "latency_batch1": latency}
         r = results[variant]

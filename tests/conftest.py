@@ -3,7 +3,9 @@
 The debug experiment (configs/text_classification_debug.yaml) trains on real
 WordNet data from the Debian package wordnet-base, in a temporary artifacts
 root, and exports the SavedModel, the TFLite variants and the edge bundle.
-Tests read those artifacts instead of re-running the pipeline.
+Tests read those artifacts instead of re-running the pipeline. The
+translation debug experiment (`translation_run`) is run the same way, once,
+for the tests that read its artifacts.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ if ROOT not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DEBUG_CONFIG = os.path.join(ROOT, "configs", "text_classification_debug.yaml")
+TRANSLATION_DEBUG_CONFIG = os.path.join(ROOT, "configs", "translation_debug.yaml")
 
 # Texts every path must classify: empty, whitespace, 100 kB, non-ASCII.
 HOSTILE_TEXTS = ["", "   \t ", "word " * 20_000, "Ärger über Öl — 日本語のテキスト 🙂",
@@ -108,6 +111,29 @@ def edge_bundle_reference(debug_run, saved_model_dir, edge_bundle):
     probabilities = loaded.signatures["token_ids"](token_ids=ids)["probabilities"]
     return {"texts": texts, "probabilities": np.asarray(probabilities).tolist(),
             "labels": labels}
+
+
+@pytest.fixture(scope="session")
+def translation_run(tmp_path_factory, tfds_dir):
+    """The translation debug experiment (configs/translation_debug.yaml), trained and
+    exported once per session in a temporary artifacts root: (config, metrics)."""
+    from pipeline.config import load_config
+    from pipeline.workflow import run
+
+    root = str(tmp_path_factory.mktemp("translation_artifacts"))
+    cfg = load_config(TRANSLATION_DEBUG_CONFIG, [f"runtime.artifacts_root={root}",
+                                                 f"data.tfds_data_dir={tfds_dir}"])
+    return cfg, run(cfg)
+
+
+@pytest.fixture(scope="session")
+def translation_trained(translation_run):
+    """(task, model): the translation debug run's prepared task and its best weights."""
+    from pipeline.workflow import load_trained, prepare
+
+    cfg, _ = translation_run
+    task = prepare(cfg, log=lambda *_: None)
+    return task, load_trained(task)
 
 
 def read_json(path):

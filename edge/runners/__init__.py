@@ -7,7 +7,10 @@ registry); each other module is one task's runner and registers itself on import
 Adding a task: write `runners/<task>.py` with a `Runner` subclass (see `base.Runner`), end
 it with `register_runner("<task>", TheRunner)`, and import it below.
 """
-from . import text_classification  # noqa: F401  (registers "text_classification")
+from . import (
+    text_classification,  # noqa: F401  (registers "text_classification")
+    translation,  # noqa: F401  (registers "translation")
+)
 from .base import (
     DEFAULT_TASK,
     FLOAT_VARIANTS,
@@ -38,13 +41,14 @@ from .base import (
     verify_files,
 )
 from .text_classification import ClassificationRunner, format_classification
+from .translation import TranslationRunner, format_translation, greedy_decode
 
 __all__ = [
     "DEFAULT_TASK", "FLOAT_VARIANTS", "INSTALL_HINT", "PREVIEW_CHARS",
     "SUPPORTED_FORMAT_VERSIONS", "BundleError", "ClassificationRunner", "Manifest", "Runner",
-    "RuntimeMissingError", "SentencePieceTokenizer", "_import_interpreter",
-    "_import_sentencepiece", "format_classification", "format_stats", "latency_stats",
-    "load_runner", "preview",
+    "RuntimeMissingError", "SentencePieceTokenizer", "TranslationRunner",
+    "_import_interpreter", "_import_sentencepiece", "format_classification", "format_stats",
+    "format_translation", "greedy_decode", "latency_stats", "load_runner", "preview",
     "read_lines", "read_manifest", "register_runner", "registered_runners", "runner_class",
     "sha256_file", "short_value", "supported_tasks", "tokenize", "valid_text",
     "verify_files",

@@ -11,7 +11,8 @@ import importlib
 from export.modules.base import ExportModule
 
 _MODULES: dict[str, type[ExportModule]] = {}
-_BUILTIN = {"text_classification": "export.modules.text_classification"}
+_BUILTIN = {"text_classification": "export.modules.text_classification",
+            "translation": "export.modules.translation"}
 
 
 def register_export_module(task_name: str):

@@ -24,12 +24,15 @@ class ExportModule:
         gate_metric / gate_direction / gate_scale: the TFLite metric the
             variant gate compares with float32, "max" or "min", and how many
             gate points one unit of it is (100 for a ratio such as accuracy).
+        latency_unit: what one batch-1 latency run is (`latency_call`), as
+            the quantization report says it.
     """
 
     tflite_signatures: ClassVar[tuple[str, ...]] = ("serving_default",)
     gate_metric: ClassVar[str] = "accuracy"
     gate_direction: ClassVar[str] = "max"
     gate_scale: ClassVar[float] = 100.0
+    latency_unit: ClassVar[str] = "one call of the first signature"
 
     def __init__(self, task, model):
         from export.saved_model import float32_model
@@ -69,6 +72,13 @@ class ExportModule:
     def latency_inputs(self) -> dict:
         """One batch-1 input of the first signature, for latency runs."""
         raise NotImplementedError
+
+    def latency_call(self, model) -> tuple:
+        """`(callable, keyword inputs)`: what one batch-1 latency run times on
+        a `TFLiteModel` (export.tflite). By default the first signature on
+        `latency_inputs()`; a task whose inference loops over several
+        signatures (encode, then decode per token) times the whole loop."""
+        return model.signature(self.tflite_signatures[0]), self.latency_inputs()
 
     def evaluate_tflite(self, runner, reference) -> dict:
         """The task's metrics of one TFLite variant (a `TFLiteModel`) on the

@@ -19,17 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.edge.app_helpers import APP, REPO, REQUIREMENTS, app, run_app, run_blocked
+
 BUNDLE_FIXTURE = "edge_bundle"  # from the debug pipeline run in tests/conftest.py
 
-REPO = Path(__file__).resolve().parents[2]
-APP = REPO / "edge" / "app.py"
-REQUIREMENTS = REPO / "edge" / "requirements.txt"
 BUNDLE_FILES = ("model.tflite", "spm.model", "labels.txt")
-
-spec = importlib.util.spec_from_file_location("edge_app", APP)
-app = importlib.util.module_from_spec(spec)
-sys.modules["edge_app"] = app  # dataclasses look their module up here
-spec.loader.exec_module(app)
 
 EDGE_TEXTS = {
     "empty": "",
@@ -52,12 +46,6 @@ def reference(request) -> dict:
 @pytest.fixture
 def bundle(bundle_dir):
     return app.load_bundle(bundle_dir)
-
-
-def run_app(*args, input=None, timeout=120, python=sys.executable, **kw):
-    return subprocess.run([str(python), str(APP), *map(str, args)], input=input,
-                          capture_output=True, text=True, cwd=REPO, timeout=timeout,
-                          check=False, **kw)
 
 
 def copy_bundle(src: Path, dst: Path) -> Path:
@@ -520,33 +508,6 @@ def test_usage_errors(bundle_dir):
 
 # --------------------------------------------------------------------------- runtime and imports
 
-BLOCKER = textwrap.dedent("""
-    import importlib.abc, sys
-    BLOCKED = {blocked!r}
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError("blocked by test: " + name)
-    sys.meta_path.insert(0, Block())
-    sys.argv = [{app!r}] + {argv!r}
-    sys.path.insert(0, {edge!r})
-    import runpy
-    try:
-        runpy.run_path({app!r}, run_name="__main__")
-    finally:
-        heavy = sorted(m for m in sys.modules
-                       if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "jax", "torch"))
-        print("HEAVY_MODULES=" + ",".join(heavy), file=sys.stderr)
-""")
-
-
-def run_blocked(blocked, argv, **kw):
-    code = BLOCKER.format(blocked=tuple(blocked), app=str(APP), argv=[str(a) for a in argv],
-                          edge=str(APP.parent))
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                          timeout=120, check=False, **kw)
-
-
 def test_never_imports_tensorflow(bundle_dir):
     proc = run_blocked(["tensorflow", "keras", "tf_keras"],
                        ["--bundle", bundle_dir, "--top-k", "2", "a tree"])
@@ -589,18 +550,10 @@ def test_requirements_pins():
 
 
 @pytest.mark.slow
-def test_clean_venv_from_requirements(bundle_dir, bundle, tmp_path):
-    """A fresh venv with edge/requirements.txt alone runs the app; tensorflow is not importable
-    there."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    py = venv / "bin" / "python"
-    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)],
-                         capture_output=True, text=True, timeout=900, check=False)
-    assert pip.returncode == 0, pip.stderr[-3000:]
-    tf = subprocess.run([str(py), "-c", "import tensorflow"], capture_output=True, text=True,
-                        timeout=120, check=False)
-    assert tf.returncode != 0 and "ModuleNotFoundError" in tf.stderr
+def test_clean_venv_from_requirements(bundle_dir, bundle, tmp_path, edge_venv):
+    """A fresh venv with edge/requirements.txt alone (tensorflow not importable there: the
+    `edge_venv` fixture checks it) runs the app."""
+    py = edge_venv
     texts = ["a small dog", "an oak tree", "a hammer", *EDGE_TEXTS.values()]
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts),
