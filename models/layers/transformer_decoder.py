@@ -190,21 +190,10 @@ class TransformerDecoder(TransformerBlock):
             self_attention_cache,
             self_attention_cache_update_index,
         )  # (batch, seq, seq or max_length)
-        residual = x
-        x = self._sub_block_input(x, self._self_attention_layer_norm, training)
-        x = self._self_attention_layer(
-            query=x,
-            value=x,
-            attention_mask=self_attention_mask,
-            cache=self_attention_cache,
-            cache_update_index=self_attention_cache_update_index,
-            training=training,
-        )
-        if self_attention_cache is not None:
-            x, self_attention_cache = x
-        x = self._sub_block_output(
-            x, residual, self._self_attention_layer_norm,
-            self._self_attention_dropout, training,
+        x, self_attention_cache = self._attention_sub_block(
+            x, None, self._self_attention_layer, self._self_attention_layer_norm,
+            self._self_attention_dropout, self_attention_mask,
+            self_attention_cache, self_attention_cache_update_index, training,
         )
 
         # Cross-attention block.
@@ -213,20 +202,10 @@ class TransformerDecoder(TransformerBlock):
             cross_attention_mask = merge_padding_and_attention_mask(
                 x, encoder_padding_mask, None
             )
-            residual = x
-            x = self._sub_block_input(x, self._cross_attention_layer_norm, training)
-            x = self._cross_attention_layer(
-                query=x,
-                value=encoder_sequence,
-                attention_mask=cross_attention_mask,
-                cache=cross_attention_cache,
-                training=training,
-            )
-            if cross_attention_cache is not None:
-                x, cross_attention_cache = x
-            x = self._sub_block_output(
-                x, residual, self._cross_attention_layer_norm,
-                self._cross_attention_dropout, training,
+            x, cross_attention_cache = self._attention_sub_block(
+                x, encoder_sequence, self._cross_attention_layer,
+                self._cross_attention_layer_norm, self._cross_attention_dropout,
+                cross_attention_mask, cross_attention_cache, None, training,
             )
 
         x = self._feedforward_block(x, training)
@@ -235,6 +214,26 @@ class TransformerDecoder(TransformerBlock):
         if self.has_cross_attention:
             return x, self_attention_cache, cross_attention_cache
         return x, self_attention_cache
+
+    def _attention_sub_block(self, x, value, attention_layer, layer_norm, dropout,
+                             attention_mask, cache, cache_update_index, training):
+        """One attention sub-block (residual + norm around the attention);
+        `value` None is self-attention (over the sub-block's own input).
+        Returns `(outputs, cache)`, the cache as given when it is None."""
+        residual = x
+        x = self._sub_block_input(x, layer_norm, training)
+        x = attention_layer(
+            query=x,
+            value=x if value is None else value,
+            attention_mask=attention_mask,
+            cache=cache,
+            cache_update_index=cache_update_index,
+            training=training,
+        )
+        if cache is not None:
+            x, cache = x
+        x = self._sub_block_output(x, residual, layer_norm, dropout, training)
+        return x, cache
 
     def _check_call(self, encoder_sequence, self_attention_cache, cross_attention_cache):
         uses_encoder = encoder_sequence is not None or cross_attention_cache is not None

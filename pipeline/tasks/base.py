@@ -185,6 +185,15 @@ class Task:
         return os.path.join(self.run_dir, *parts)
 
 
+def sample_indices(total: int, max_examples: int = 0, seed: int | None = None):
+    """The indices `Task.sample` returns: the first `max_examples` (0 = all),
+    or a seeded random choice of that many, in order, when `seed` is given."""
+    n = total if not max_examples else min(max_examples, total)
+    if seed is None:
+        return range(n)
+    return sorted(np.random.default_rng(seed).choice(total, n, replace=False))
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     probabilities = np.exp(logits - logits.max(-1, keepdims=True))
     return probabilities / probabilities.sum(-1, keepdims=True)

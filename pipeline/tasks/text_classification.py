@@ -20,7 +20,7 @@ import numpy as np
 from pipeline.config import ConfigError, check
 from pipeline.files import copy_atomic, write_json, write_labels
 from pipeline.tasks import register_task
-from pipeline.tasks.base import Task, softmax
+from pipeline.tasks.base import Task, sample_indices, softmax
 
 CONFUSION_MATRIX_PNG = os.path.join("report", "confusion_matrix.png")
 
@@ -105,13 +105,8 @@ class TextClassificationTask(Task):
 
     def sample(self, split, max_examples=0, seed=None):
         texts, labels = self.splits.texts[split], self.splits.labels[split]
-        n = len(texts) if not max_examples else min(max_examples, len(texts))
-        if seed is None:
-            chosen = range(n)
-        else:
-            chosen = sorted(np.random.default_rng(seed).choice(len(texts), n,
-                                                                replace=False))
-        return [{"text": str(texts[i]), "label": int(labels[i])} for i in chosen]
+        return [{"text": str(texts[i]), "label": int(labels[i])}
+                for i in sample_indices(len(texts), max_examples, seed)]
 
     @property
     def tokenizer(self):

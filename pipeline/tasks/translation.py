@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.config import check
 from pipeline.files import write_json
 from pipeline.tasks import register_task
-from pipeline.tasks.base import Task
+from pipeline.tasks.base import Task, sample_indices
 
 SPLITS = ("train", "validation", "test")
 SAMPLES_IN_TENSORBOARD = 5
@@ -103,10 +103,8 @@ class TranslationTask(Task):
 
     def sample(self, split, max_examples=0, seed=None):
         de, en = self.pairs[split]["de"], self.pairs[split]["en"]
-        n = len(de) if not max_examples else min(max_examples, len(de))
-        chosen = range(n) if seed is None else sorted(
-            np.random.default_rng(seed).choice(len(de), n, replace=False))
-        return [{"de": de[i], "en": en[i]} for i in chosen]
+        return [{"de": de[i], "en": en[i]}
+                for i in sample_indices(len(de), max_examples, seed)]
 
     def _source(self, split):
         import tensorflow as tf
