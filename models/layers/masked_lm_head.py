@@ -12,7 +12,8 @@ class MaskedLMHead(keras.layers.Layer):
     Gathers the encoder outputs at `mask_positions`, applies a dense layer
     with a GELU activation and a `LayerNormalization`, then scores every
     vocabulary entry with the transposed token-embedding matrix (weights tied,
-    as in BERT) plus a per-token bias. Logits are float32 under every policy.
+    as in BERT) plus a per-token bias, in the compute dtype. Logits are
+    float32 under every policy.
 
     Args:
         token_embedding: a built or unbuilt `keras.layers.Embedding` of shape
@@ -87,8 +88,11 @@ class MaskedLMHead(keras.layers.Layer):
             # the head's cost, and padded slots (weight 0) are most slots.
             x = tf.boolean_mask(x, ops.greater(mask_weights, 0))  # (selected, hidden)
         x = self._layer_norm(self._intermediate_dense(x))
-        table = ops.cast(self.token_embedding.embeddings, "float32")  # (vocab, hidden)
-        logits = ops.matmul(ops.cast(x, "float32"), ops.transpose(table))
+        # The projection runs in the compute dtype (bfloat16 under
+        # mixed_bfloat16: most of the head's cost), the logits are float32.
+        table = ops.cast(self.token_embedding.embeddings, self.compute_dtype)
+        logits = ops.cast(ops.matmul(ops.cast(x, self.compute_dtype),
+                                     ops.transpose(table)), "float32")
         # Under a mixed policy the bias variable reads as the compute dtype.
         return logits + ops.cast(self.output_bias, "float32")
 

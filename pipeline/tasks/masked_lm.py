@@ -438,16 +438,16 @@ class MaskedLMTask(Task):
 
     # --------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, targets, training=True):
-        import keras
         import tensorflow as tf
+
+        from models.losses import sparse_softmax_cross_entropy
 
         ids, weights = targets["mask_ids"], targets["mask_weights"]  # (batch, predictions)
         # Logits of the real predictions only (weight > 0), row-major.
         logits = model({**inputs, "mask_weights": weights}, training=training)
         selected = tf.where(weights > 0)                  # (selected, 2): row, slot
         selected_ids = tf.gather_nd(ids, selected)
-        token_loss = keras.losses.sparse_categorical_crossentropy(
-            selected_ids, logits, from_logits=True)        # (selected,)
+        token_loss = sparse_softmax_cross_entropy(selected_ids, logits)  # (selected,)
         batch = tf.shape(ids)[0]
         rows = tf.cast(selected[:, 0], tf.int32)
         counts = tf.reduce_sum(weights, -1)

@@ -76,10 +76,11 @@ def test_bucketing_pads_to_boundaries_and_keeps_every_example(tokenizer_path, de
     source = tf.data.Dataset.from_tensor_slices({"text": texts, "label": list(range(40))})
     examples = tokenize_examples(source, partial(tokenize, tokenizer))
     batches = list(batch_examples(examples, 4, 32, bucket=True, drop_remainder=False))
-    assert bucket_boundaries(32) == [8, 16, 32]
+    assert bucket_boundaries(32) == [8, 16, 24, 32]
+    assert bucket_boundaries(128) == [8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 120, 128]
     seen = []
     for inputs, labels in batches:
-        assert inputs["token_ids"].shape[1] in (8, 16, 32)
+        assert inputs["token_ids"].shape[1] in (8, 16, 24, 32)
         np.testing.assert_array_equal(inputs["padding_mask"], inputs["token_ids"] != PAD_ID)
         seen += labels.numpy().tolist()
     assert sorted(seen) == list(range(40))
