@@ -6,14 +6,18 @@ loads without `custom_objects`.
 """
 
 from models import layers
+from models.causal_lm import CausalLanguageModel
 from models.masked_lm import MaskedLanguageModel
 from models.text_classifier import TextClassifier
+from models.transformer_decoder_backbone import TransformerDecoderBackbone
 from models.transformer_encoder_backbone import TransformerEncoderBackbone
 from models.translator import Translator
 
 __all__ = [
+    "CausalLanguageModel",
     "MaskedLanguageModel",
     "TextClassifier",
+    "TransformerDecoderBackbone",
     "TransformerEncoderBackbone",
     "Translator",
     "layers",

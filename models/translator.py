@@ -5,10 +5,7 @@ import tensorflow as tf
 from keras import ops
 
 from models.layers._utils import check_dropout, check_positive_ints
-from models.layers.dropout import Dropout
-from models.layers.layer_normalization import LayerNormalization
-from models.layers.token_and_position_embedding import TokenAndPositionEmbedding
-from models.layers.transformer_decoder import TransformerDecoder
+from models.transformer_decoder_backbone import TransformerDecoderBackbone
 from models.transformer_encoder_backbone import TransformerEncoderBackbone
 
 # The TFLite signatures of `Translator.tflite_archive()`, in order.
@@ -24,13 +21,13 @@ class Translator(keras.Model):
 
     source ids -> `TransformerEncoderBackbone` (`self.encoder`: embedding,
     `num_encoder_layers` encoder blocks, final norm when `norm_first`).
-    target ids -> `TokenAndPositionEmbedding` (`self.decoder_embedding`: the
-    encoder's own embedding layer when `tie_embeddings`, else a second one)
-    -> dropout -> `num_decoder_layers` x `TransformerDecoder` with
-    cross-attention over the encoder outputs (`self.decoder_layers`) -> final
-    `LayerNormalization` (`self.decoder_final_layer_norm`, only when
-    `norm_first`) -> vocabulary logits: the transposed token-embedding matrix
-    when `tie_embeddings` (no bias), else a `Dense` (`self.output_dense`).
+    target ids -> `TransformerDecoderBackbone` (`self.decoder`: a
+    `TokenAndPositionEmbedding`, the encoder's own embedding layer when
+    `tie_embeddings`, else a second one -> dropout -> `num_decoder_layers` x
+    `TransformerDecoder` with cross-attention over the encoder outputs ->
+    final `LayerNormalization` when `norm_first` -> vocabulary logits: the
+    transposed token-embedding matrix when `tie_embeddings` (no bias), else a
+    `Dense`).
 
     Precision: the output projection runs in float32, so the logits are
     float32 even under a `mixed_bfloat16` policy. Caches are in the compute
@@ -183,47 +180,24 @@ class Translator(keras.Model):
             dtype=self.dtype_policy,
             name="encoder",
         )
-        if tie_embeddings:
-            # One layer, one token-embedding matrix: tracked once in `weights`.
-            # Its position encoding has no weights and no length limit once
-            # built; `call` checks the target length against
-            # `max_target_length`.
-            self.decoder_embedding = self.encoder.embedding
-        else:
-            self.decoder_embedding = TokenAndPositionEmbedding(
-                vocabulary_size=vocabulary_size,
-                hidden_dim=hidden_dim,
-                max_sequence_length=max_target_length,
-                dtype=self.dtype_policy,
-                name="decoder_embedding",
-            )
-        self.decoder_embeddings_dropout = Dropout(
-            dropout, dtype=self.dtype_policy, name="decoder_embeddings_dropout"
+        # Tied: one layer, one token-embedding matrix, tracked once in
+        # `weights`. Its position encoding has no weights and no length limit
+        # once built; the decoder checks the target length.
+        self.decoder = TransformerDecoderBackbone(
+            vocabulary_size=vocabulary_size,
+            hidden_dim=hidden_dim,
+            intermediate_dim=intermediate_dim,
+            num_heads=num_heads,
+            num_layers=num_decoder_layers,
+            max_sequence_length=max_target_length,
+            dropout=dropout,
+            norm_first=norm_first,
+            tie_embeddings=tie_embeddings,
+            cross_attention=True,
+            embedding=self.encoder.embedding if tie_embeddings else None,
+            dtype=self.dtype_policy,
+            name="decoder",
         )
-        self.decoder_layers = [
-            TransformerDecoder(
-                intermediate_dim=intermediate_dim,
-                num_heads=num_heads,
-                dropout=dropout,
-                activation="gelu",
-                norm_first=norm_first,
-                dtype=self.dtype_policy,
-                name=f"decoder_layer_{i}",
-            )
-            for i in range(num_decoder_layers)
-        ]
-        self.decoder_final_layer_norm = None
-        if norm_first:
-            self.decoder_final_layer_norm = LayerNormalization(
-                epsilon=1e-5, dtype=self.dtype_policy,
-                name="decoder_final_layer_norm",
-            )
-        # The output projection is float32 under every policy.
-        self.output_dense = None
-        if not tie_embeddings:
-            self.output_dense = keras.layers.Dense(
-                vocabulary_size, dtype="float32", name="logits"
-            )
 
     def build(self, input_shape):
         """Creates all weights; they do not depend on the sequence lengths.
@@ -238,15 +212,7 @@ class Translator(keras.Model):
                 and for the default SavedModel signature, so pass a dict.
         """
         self.encoder.build((None, None))
-        if not self.decoder_embedding.built:
-            self.decoder_embedding.build((None, None))
-        sequence_shape = (None, None, self.hidden_dim)
-        for layer in self.decoder_layers:
-            layer.build(sequence_shape, sequence_shape)
-        if self.decoder_final_layer_norm is not None:
-            self.decoder_final_layer_norm.build(sequence_shape)
-        if self.output_dense is not None:
-            self.output_dense.build(sequence_shape)
+        self.decoder.build()
         self.built = True
 
     def _build_if_needed(self):
@@ -266,23 +232,15 @@ class Translator(keras.Model):
         encoded = self._encoder_outputs(
             inputs["source_ids"], source_padding_mask, training
         )  # (batch, source_seq, hidden_dim)
-        target_ids = inputs["target_ids"]  # (batch, target_seq)
-        self._check_length("target_ids", target_ids, self.max_target_length,
+        self._check_length("target_ids", inputs["target_ids"], self.max_target_length,
                            "max_target_length")
-        target_padding_mask = inputs.get("target_padding_mask")
-        if target_padding_mask is not None:
-            target_padding_mask = ops.cast(target_padding_mask, "bool")
-        x = self.decoder_embedding(target_ids)  # (batch, target_seq, hidden_dim)
-        x = self.decoder_embeddings_dropout(x, training=training)
-        for layer in self.decoder_layers:
-            x = layer(
-                x,
-                encoded,
-                decoder_padding_mask=target_padding_mask,
-                encoder_padding_mask=source_padding_mask,
-                training=training,
-            )
-        return self._logits(x, training)  # (batch, target_seq, vocab)
+        return self.decoder(
+            inputs["target_ids"],
+            padding_mask=inputs.get("target_padding_mask"),
+            encoder_sequence=encoded,
+            encoder_padding_mask=source_padding_mask,
+            training=training,
+        )  # (batch, target_seq, vocab)
 
     def _encoder_outputs(self, source_ids, source_padding_mask, training=None):
         self._check_length("source_ids", source_ids, self.max_source_length,
@@ -291,18 +249,6 @@ class Translator(keras.Model):
             {"token_ids": source_ids, "padding_mask": source_padding_mask},
             training=training,
         )
-
-    def _logits(self, x, training=None):
-        """Final norm and the float32 projection to the vocabulary."""
-        if self.decoder_final_layer_norm is not None:
-            x = self.decoder_final_layer_norm(x, training=training)
-        x = ops.cast(x, "float32")
-        if self.output_dense is not None:
-            return self.output_dense(x)
-        embeddings = ops.cast(
-            self.decoder_embedding.token_embedding.embeddings, "float32"
-        )  # (vocab, hidden_dim)
-        return ops.matmul(x, ops.transpose(embeddings))
 
     @staticmethod
     def _check_length(arg, ids, max_length, max_arg):
@@ -329,9 +275,7 @@ class Translator(keras.Model):
         self._build_if_needed()
         source_padding_mask = ops.cast(source_padding_mask, "bool")
         encoded = self._encoder_outputs(source_ids, source_padding_mask, False)
-        caches = [layer.compute_cross_attention_cache(encoded)
-                  for layer in self.decoder_layers]  # each (b, 2, S, h, d)
-        return ops.stack(caches, axis=1)  # (b, layers, 2, S, h, d)
+        return self.decoder.compute_cross_attention_cache(encoded)
 
     def initial_self_cache(self, batch_size):
         """The empty self-attention cache of `decode_step`.
@@ -343,9 +287,8 @@ class Translator(keras.Model):
             Zeros of shape `(batch_size, num_decoder_layers, 2,
             max_target_length, num_heads, head_dim)` in the compute dtype.
         """
-        shape = (batch_size, self.num_decoder_layers, 2, self.max_target_length,
-                 self.num_heads, self.head_dim)
-        return ops.zeros(shape, dtype=self.compute_dtype)
+        self._build_if_needed()
+        return self.decoder.initial_cache(batch_size)
 
     def decode_step(self, token_ids, index, self_cache, cross_cache,
                     source_padding_mask):
@@ -369,40 +312,12 @@ class Translator(keras.Model):
             and values of `token_ids` written at `index`.
         """
         self._build_if_needed()
-        self._check_cache("self_cache", self_cache)
-        self._check_cache("cross_cache", cross_cache)
-        source_padding_mask = ops.cast(source_padding_mask, "bool")
-        index = ops.cast(index, "int32")
-        x = self.decoder_embedding(token_ids, start_index=index)  # (b, 1, hidden)
-        self_caches = ops.unstack(self_cache, num=self.num_decoder_layers, axis=1)
-        cross_caches = ops.unstack(cross_cache, num=self.num_decoder_layers, axis=1)
-        new_self_caches = []
-        for layer, layer_self_cache, layer_cross_cache in zip(
-            self.decoder_layers, self_caches, cross_caches
-        ):
-            x, layer_self_cache, _ = layer(
-                x,
-                encoder_padding_mask=source_padding_mask,
-                self_attention_cache=layer_self_cache,  # (b, 2, max_len, h, d)
-                self_attention_cache_update_index=index,
-                cross_attention_cache=layer_cross_cache,  # (b, 2, S, h, d)
-                training=False,
-            )
-            new_self_caches.append(layer_self_cache)
-        logits = self._logits(ops.squeeze(x, axis=1), False)  # (b, vocab)
-        return logits, ops.stack(new_self_caches, axis=1)
-
-    def _check_cache(self, arg, cache):
-        shape = tuple(cache.shape)
-        expected = (self.num_decoder_layers, 2)
-        heads = (self.num_heads, self.head_dim)
-        if len(shape) != 6 or shape[1:3] != expected or shape[4:] != heads:
-            raise ValueError(
-                f"`{arg}` must have shape (batch, num_decoder_layers, 2, length, "
-                f"num_heads, head_dim) = (batch, {self.num_decoder_layers}, 2, "
-                f"length, {self.num_heads}, {self.head_dim}). "
-                f"Received: {arg}.shape={shape}"
-            )
+        self.decoder.check_cache("self_cache", self_cache)
+        logits, self_cache = self.decoder.call_with_cache(
+            token_ids, index, self_cache, cross_cache=cross_cache,
+            encoder_padding_mask=source_padding_mask,
+        )
+        return ops.squeeze(logits, axis=1), self_cache  # (b, vocab)
 
     def greedy_decode(self, source_ids, source_padding_mask, bos_id, eos_id,
                       max_length=None):

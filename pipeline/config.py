@@ -49,6 +49,9 @@ class DataConfig:
     # trans_de_en (translation): the Ding German-English dictionary of the
     # Debian package trans-de-en.
     dictionary_path: str = "/usr/share/trans/de-en"
+    # fortunes (language_modeling): the fortune cookie files of the Debian
+    # package fortunes, one example per entry.
+    fortunes_path: str = "/usr/share/games/fortunes"
     # csv/jsonl: files per split; empty validation/test paths mean a stable
     # 80/10/10 hash split of the train file.
     train_path: str = ""
@@ -247,6 +250,23 @@ class ExportConfig:
 
 
 @dataclass
+class GenerateConfig:
+    # Text generation (language_modeling): keras-hub's samplers.
+    # "greedy", "random", "top_k" or "top_p".
+    strategy: str = "top_k"
+    temperature: float = 1.0
+    top_k: int = 40
+    top_p: float = 0.9
+    # The sampling seed: the same seed, prompts and model give the same text.
+    seed: int = 1234
+    max_new_tokens: int = 48
+    # Prompts of the sample generations in metrics.json and TensorBoard
+    # ("" = from the start of a text).
+    prompts: list[str] = field(default_factory=lambda: [
+        "", "The secret of", "Love is", "A computer", "Never"])
+
+
+@dataclass
 class ExperimentConfig:
     # Experiment name; the run's directory is <artifacts_root>/<name>.
     name: str = "text_classification"
@@ -260,6 +280,7 @@ class ExperimentConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     @property
     def run_dir(self) -> str:

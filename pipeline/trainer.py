@@ -412,7 +412,7 @@ def train(task, log=print, strategy: tf.distribute.Strategy | None = None) -> Tr
             with val_writer.as_default(step=step):
                 for k, v in metrics.items():
                     tf.summary.scalar(k, v)
-            task.on_validation(val_writer, step, state)
+            task.on_validation(val_writer, step, state, model)
             shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             log(f"[eval] epoch {epoch} step {step:,}: validation {shown}"
                 f"{'  (best)' if improved else ''} ({time.time() - val_start:.1f}s)")

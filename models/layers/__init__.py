@@ -3,7 +3,11 @@
 from models.layers.dropout import Dropout
 from models.layers.layer_normalization import LayerNormalization
 from models.layers.masked_lm_head import MaskedLMHead
-from models.layers.masking import compute_causal_mask, merge_padding_and_attention_mask
+from models.layers.masking import (
+    compute_causal_mask,
+    compute_segment_mask,
+    merge_padding_and_attention_mask,
+)
 from models.layers.multi_head_attention import MultiHeadAttention
 from models.layers.sine_position_encoding import SinePositionEncoding
 from models.layers.token_and_position_embedding import TokenAndPositionEmbedding
@@ -20,5 +24,6 @@ __all__ = [
     "TransformerDecoder",
     "TransformerEncoder",
     "compute_causal_mask",
+    "compute_segment_mask",
     "merge_padding_and_attention_mask",
 ]

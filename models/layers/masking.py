@@ -43,6 +43,30 @@ def compute_causal_mask(batch_size, input_length, output_length, cache_index=0):
     return ops.broadcast_to(mask, (batch_size, output_length, input_length))
 
 
+def compute_segment_mask(segment_ids):
+    """The attention mask of packed sequences: a query attends only to keys of
+    its own segment (document), so packed documents never see each other.
+
+    Args:
+        segment_ids: int tensor of shape `(batch, seq)`, one id per document
+            within a row (padding may take any id; mask it separately).
+
+    Returns:
+        A bool tensor of shape `(batch, seq, seq)`, `True` where the query's
+        and the key's segment ids are equal.
+
+    Example:
+    ```python
+    mask = compute_segment_mask([[0, 0, 1]])
+    # mask[0] == [[True, True, False],
+    #             [True, True, False],
+    #             [False, False, True]]
+    ```
+    """
+    segment_ids = ops.convert_to_tensor(segment_ids)
+    return ops.equal(ops.expand_dims(segment_ids, 2), ops.expand_dims(segment_ids, 1))
+
+
 def merge_padding_and_attention_mask(inputs, padding_mask, attention_mask):
     """Merges a padding mask with a custom attention mask.
 

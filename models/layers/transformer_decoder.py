@@ -29,7 +29,8 @@ class TransformerDecoder(TransformerBlock):
     `cross_attention_layer` and `cross_attention_layer_norm`.
 
     Masking: the self-attention always applies a causal mask (query `i` sees
-    keys `0..i`), merged with `decoder_padding_mask` by
+    keys `0..i`), and-ed with `decoder_attention_mask` when given, merged with
+    `decoder_padding_mask` by
     `models.layers.merge_padding_and_attention_mask`; the cross-attention
     masks the encoder padding given by `encoder_padding_mask`. A query whose
     keys are all masked gets finite outputs.
@@ -87,6 +88,11 @@ class TransformerDecoder(TransformerBlock):
             `(batch, 2, source_seq, num_heads, head_dim)`, from
             `compute_cross_attention_cache`. A block with cross-attention
             takes both caches or neither.
+        decoder_attention_mask: optional bool/int tensor of shape
+            `(batch, seq, seq)` (`(batch, seq, max_length)` with a cache),
+            `True`/`1` where a query may attend to a key; combined with the
+            causal mask by a logical AND (e.g. `compute_segment_mask` for
+            packed sequences, so no document attends to another).
         training: bool, whether dropout is active.
 
     Returns:
@@ -178,6 +184,7 @@ class TransformerDecoder(TransformerBlock):
         self_attention_cache=None,
         self_attention_cache_update_index=None,
         cross_attention_cache=None,
+        decoder_attention_mask=None,
         training=None,
     ):
         self._check_call(encoder_sequence, self_attention_cache, cross_attention_cache)
@@ -187,6 +194,7 @@ class TransformerDecoder(TransformerBlock):
         self_attention_mask = self._self_attention_mask(
             x,
             decoder_padding_mask,
+            decoder_attention_mask,
             self_attention_cache,
             self_attention_cache_update_index,
         )  # (batch, seq, seq or max_length)
@@ -261,9 +269,11 @@ class TransformerDecoder(TransformerBlock):
                 f"{cross_attention_cache is None}"
             )
 
-    def _self_attention_mask(self, x, padding_mask, cache, cache_update_index):
+    def _self_attention_mask(self, x, padding_mask, attention_mask, cache,
+                             cache_update_index):
         """The causal mask, `(batch, seq, kv_len)` bool, merged with the
-        padding mask; `kv_len` is `seq`, or `max_length` with a cache."""
+        padding mask and the attention mask; `kv_len` is `seq`, or
+        `max_length` with a cache."""
         shape = ops.shape(x)
         batch_size, output_length = shape[0], shape[1]
         input_length = output_length if cache is None else ops.shape(cache)[2]
@@ -281,6 +291,8 @@ class TransformerDecoder(TransformerBlock):
         causal_mask = compute_causal_mask(
             batch_size, input_length, output_length, cache_index
         )
+        if attention_mask is not None:
+            causal_mask = ops.logical_and(causal_mask, ops.cast(attention_mask, "bool"))
         return merge_padding_and_attention_mask(x, padding_mask, causal_mask)
 
     def compute_output_shape(self, decoder_sequence_shape, encoder_sequence_shape=None):
@@ -295,6 +307,7 @@ class TransformerDecoder(TransformerBlock):
         self_attention_cache=None,
         self_attention_cache_update_index=None,
         cross_attention_cache=None,
+        decoder_attention_mask=None,
         training=None,
     ):
         outputs = keras.KerasTensor(decoder_sequence.shape, dtype=self.compute_dtype)

@@ -18,7 +18,8 @@ _TASKS: dict[str, type[Task]] = {}
 # Built-in tasks: name -> module, imported on first use.
 _BUILTIN = {"text_classification": "pipeline.tasks.text_classification",
             "masked_lm": "pipeline.tasks.masked_lm",
-            "translation": "pipeline.tasks.translation"}
+            "translation": "pipeline.tasks.translation",
+            "language_modeling": "pipeline.tasks.language_modeling"}
 
 DEFAULT_TASK = "text_classification"
 

@@ -154,7 +154,7 @@ class Task:
         """The metrics of the whole split; must hold `best_metric`."""
         raise NotImplementedError
 
-    def on_validation(self, writer, step: int, state: Any) -> None:
+    def on_validation(self, writer, step: int, state: Any, model=None) -> None:
         """Extra TensorBoard output per validation (e.g. sample predictions)."""
 
     def is_better(self, value: float, best: float | None) -> bool:

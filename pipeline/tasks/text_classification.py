@@ -229,7 +229,7 @@ class TextClassificationTask(Task):
         return {"loss": loss, "accuracy": metrics["accuracy"],
                 "macro_f1": metrics["macro_f1"]}
 
-    def on_validation(self, writer, step, state):
+    def on_validation(self, writer, step, state, model=None):
         from pipeline import summaries
 
         summaries.write_sample_predictions(

@@ -274,7 +274,7 @@ class TranslationTask(Task):
         return {"loss": sum(state["loss_sum"]) / tokens,
                 "token_accuracy": sum(state["hits"]) / tokens, **scores}
 
-    def on_validation(self, writer, step, state):
+    def on_validation(self, writer, step, state, model=None):
         import tensorflow as tf
 
         p = self.pairs["validation"]

@@ -279,17 +279,17 @@ def test_mixed_bfloat16_gives_float32_logits(tie_embeddings):
 def test_weights_and_tying():
     tied = _model()
     _build(tied)
-    assert tied.decoder_embedding is tied.encoder.embedding
-    assert tied.output_dense is None
+    assert tied.decoder.embedding is tied.encoder.embedding
+    assert tied.decoder.output_dense is None
     untied = _model(tie_embeddings=False)
     _build(untied)
-    assert untied.decoder_embedding is not untied.encoder.embedding
+    assert untied.decoder.embedding is not untied.encoder.embedding
     # Encoder: embedding 1, one block 16, final norm 2. Decoder: two blocks of
     # 26 (self- and cross-attention), final norm 2. Untied: a decoder
     # embedding 1 and the output kernel and bias 2.
     assert len(tied.weights) == 1 + 16 + 2 + 2 * 26 + 2
     assert len(untied.weights) == len(tied.weights) + 3
-    assert _model(norm_first=False).decoder_final_layer_norm is None
+    assert _model(norm_first=False).decoder.final_layer_norm is None
     # The same weights exist after one call as after `build(None)`.
     called = _model()
     source_ids, source_mask = _sources()
