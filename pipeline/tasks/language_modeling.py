@@ -294,13 +294,14 @@ class LanguageModelingTask(Task):
                 "token_accuracy": sum(state["hits"]) / tokens}
 
     def generate(self, model, prompts: list[str], seed: int | None = None) -> list[str]:
-        """Continuations of `prompts` with the `generate.*` sampler (seeded)."""
+        """Continuations of `prompts` with the `generate.*` sampler: the same
+        seed, prompts and weights give the same texts at every call."""
         import tensorflow as tf
 
-        from models.causal_lm import make_sampler
         from pipeline.tokenizer import BOS_ID, EOS_ID
 
         g = self.cfg.generate
+        seed = g.seed if seed is None else seed
         encoded = self.tokenizer.ragged(tf.constant(prompts or [""])).numpy()
         rows = [[BOS_ID] + list(ids) for ids in encoded]
         width = max(len(r) for r in rows)
@@ -312,9 +313,10 @@ class LanguageModelingTask(Task):
         ids = np.zeros((len(rows), width), np.int32)
         for i, r in enumerate(rows):
             ids[i, : len(r)] = r
-        sampler = make_sampler(g.strategy, g.temperature, g.top_k, g.top_p,
-                               seed=g.seed if seed is None else seed)
-        out = model.generate(ids, ids != 0, max_new, EOS_ID, sampler).numpy()
+        sampler, initial, run = self._generator(model, seed, max_new, EOS_ID)
+        for variable, value in zip(sampler.variables, initial):
+            variable.assign(value)   # the seed's first state: reproducible
+        out = run(tf.constant(ids), tf.constant(ids != 0)).numpy()
         processor = self.processor
         texts = []
         for row, prompt in zip(out, rows):
@@ -322,6 +324,23 @@ class LanguageModelingTask(Task):
             new = new[: new.index(EOS_ID)] if EOS_ID in new else new
             texts.append(processor.decode([int(i) for i in prompt[1:] + new if i > 3]))
         return texts
+
+    def _generator(self, model, seed, max_new, eos_id):
+        """(sampler, its initial seed state, compiled generate) per model and
+        seed: one graph, traced once, instead of an eager loop per token."""
+        import tensorflow as tf
+
+        from models.causal_lm import make_sampler
+
+        key = (id(model), seed, max_new)
+        if key not in self._generate:
+            g = self.cfg.generate
+            sampler = make_sampler(g.strategy, g.temperature, g.top_k, g.top_p, seed=seed)
+            initial = [variable.numpy() for variable in sampler.variables]
+            run = tf.function(lambda ids, mask: model.generate(ids, mask, max_new, eos_id,
+                                                               sampler))
+            self._generate[key] = (sampler, initial, run)
+        return self._generate[key]
 
     @property
     def processor(self):
