@@ -4,9 +4,8 @@ vocabulary logits, full-sequence or cached, with or without cross-attention."""
 import keras
 from keras import ops
 
-from models.layers._utils import check_dropout, check_positive_ints
+from models.layers._utils import check_dropout, check_positive_ints, make_block_stack
 from models.layers.dropout import Dropout
-from models.layers.layer_normalization import LayerNormalization
 from models.layers.token_and_position_embedding import TokenAndPositionEmbedding
 from models.layers.transformer_decoder import TransformerDecoder
 
@@ -124,23 +123,10 @@ class TransformerDecoderBackbone(keras.layers.Layer):
         self.embeddings_dropout = Dropout(
             dropout, dtype=self.dtype_policy, name="embeddings_dropout"
         )
-        self.decoder_layers = [
-            TransformerDecoder(
-                intermediate_dim=intermediate_dim,
-                num_heads=num_heads,
-                dropout=dropout,
-                activation="gelu",
-                norm_first=norm_first,
-                dtype=self.dtype_policy,
-                name=f"decoder_layer_{i}",
-            )
-            for i in range(num_layers)
-        ]
-        self.final_layer_norm = None
-        if norm_first:
-            self.final_layer_norm = LayerNormalization(
-                epsilon=1e-5, dtype=self.dtype_policy, name="final_layer_norm"
-            )
+        self.decoder_layers, self.final_layer_norm = make_block_stack(
+            TransformerDecoder, num_layers, "decoder_layer_{}", intermediate_dim,
+            num_heads, dropout, norm_first, self.dtype_policy,
+        )
         # The output projection is float32 under every policy.
         self.output_dense = None
         if not tie_embeddings:

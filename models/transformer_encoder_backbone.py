@@ -2,9 +2,13 @@
 
 import keras
 
-from models.layers._utils import check_dropout, check_positive_ints, token_ids_shape_of
+from models.layers._utils import (
+    check_dropout,
+    check_positive_ints,
+    make_block_stack,
+    token_ids_shape_of,
+)
 from models.layers.dropout import Dropout
-from models.layers.layer_normalization import LayerNormalization
 from models.layers.token_and_position_embedding import TokenAndPositionEmbedding
 from models.layers.transformer_encoder import TransformerEncoder
 
@@ -98,23 +102,10 @@ class TransformerEncoderBackbone(keras.layers.Layer):
         self.embeddings_dropout = Dropout(
             dropout, dtype=self.dtype_policy, name="embeddings_dropout"
         )
-        self.encoder_layers = [
-            TransformerEncoder(
-                intermediate_dim=intermediate_dim,
-                num_heads=num_heads,
-                dropout=dropout,
-                activation="gelu",
-                norm_first=norm_first,
-                dtype=self.dtype_policy,
-                name=f"transformer_layer_{i}",
-            )
-            for i in range(num_layers)
-        ]
-        self.final_layer_norm = None
-        if norm_first:
-            self.final_layer_norm = LayerNormalization(
-                epsilon=1e-5, dtype=self.dtype_policy, name="final_layer_norm"
-            )
+        self.encoder_layers, self.final_layer_norm = make_block_stack(
+            TransformerEncoder, num_layers, "transformer_layer_{}", intermediate_dim,
+            num_heads, dropout, norm_first, self.dtype_policy,
+        )
 
     def build(self, input_shape):
         """Creates all weights.

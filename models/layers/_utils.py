@@ -41,3 +41,30 @@ def token_ids_shape_of(input_shape):
     if isinstance(input_shape, dict):
         return tuple(input_shape["token_ids"])
     return tuple(input_shape)
+
+
+def make_block_stack(block_class, num_layers, name_format, intermediate_dim, num_heads,
+                     dropout, norm_first, dtype):
+    """The blocks of a backbone, `num_layers` x `block_class` (GELU), named
+    `name_format.format(i)`, with the final `LayerNormalization` that pre-norm
+    stacks end with (`None` for post-norm): `(blocks, final_layer_norm)`."""
+    from models.layers.layer_normalization import LayerNormalization
+
+    blocks = [
+        block_class(
+            intermediate_dim=intermediate_dim,
+            num_heads=num_heads,
+            dropout=dropout,
+            activation="gelu",
+            norm_first=norm_first,
+            dtype=dtype,
+            name=name_format.format(i),
+        )
+        for i in range(num_layers)
+    ]
+    final_layer_norm = None
+    if norm_first:
+        final_layer_norm = LayerNormalization(
+            epsilon=1e-5, dtype=dtype, name="final_layer_norm"
+        )
+    return blocks, final_layer_norm
