@@ -69,6 +69,7 @@ class LanguageModelingTask(Task):
         self._tokenizer = None
         self._train_tokens = None
         self._generate = {}
+        self._score = {}
 
     # --------------------------------------------------------------- data
     def prepare(self, strategy=None) -> None:
@@ -274,18 +275,30 @@ class LanguageModelingTask(Task):
 
     # ------------------------------------------------------------ metrics
     def validation_step(self, model, inputs, targets):
+        loss_sum, tokens, hits = self._scorer(model)(inputs, targets["ids"],
+                                                     targets["weights"])
+        return {"loss_sum": float(loss_sum), "tokens": int(tokens), "hits": int(hits)}
+
+    def _scorer(self, model):
+        """A compiled (summed loss, tokens, correct) of one batch, per model."""
         import tensorflow as tf
 
         from models.losses import sparse_softmax_cross_entropy
 
-        logits = model(inputs, training=False)
-        ids, weights = targets["ids"], targets["weights"].numpy()
-        vocab = logits.shape[-1]
-        loss = tf.reshape(sparse_softmax_cross_entropy(
-            tf.reshape(ids, [-1]), tf.reshape(logits, [-1, vocab])), ids.shape).numpy()
-        hits = np.argmax(logits.numpy(), -1) == ids.numpy()
-        return {"loss_sum": float((loss * weights).sum()), "tokens": int(weights.sum()),
-                "hits": int((hits * weights).sum())}
+        if self._score.get("model") is not model:
+            @tf.function(reduce_retracing=True)
+            def score(inputs, ids, weights):
+                logits = model(inputs, training=False)
+                vocab = tf.shape(logits)[-1]
+                loss = tf.reshape(sparse_softmax_cross_entropy(
+                    tf.reshape(ids, [-1]), tf.reshape(logits, [-1, vocab])), tf.shape(ids))
+                hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), ids),
+                               tf.float32)
+                return (tf.reduce_sum(loss * weights), tf.reduce_sum(weights),
+                        tf.reduce_sum(hits * weights))
+
+            self._score = {"model": model, "fn": score}
+        return self._score["fn"]
 
     def reduce_aggregated_logs(self, state):
         tokens = max(sum(state["tokens"]), 1)
