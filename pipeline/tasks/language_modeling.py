@@ -227,12 +227,15 @@ class LanguageModelingTask(Task):
                  "weights": tf.cast(tf.not_equal(targets, PAD_ID), tf.float32)})
 
     def eval_dataset(self, split, batch_size):
-        """Every text on its own: `[bos] tokens` -> `tokens [eos]`."""
+        """Every text on its own: `[bos] tokens` -> `tokens [eos]`, each once
+        (in length buckets, not in split order)."""
         from pipeline.input import AUTOTUNE, batch_examples, tokenize_examples
 
         texts = tokenize_examples(self._source(split), self.preprocess, self._trim).cache()
+        # Bucketed: perplexity is a sum over texts, so their order does not
+        # matter, and most texts are far shorter than the longest.
         return batch_examples(texts, batch_size, self.cfg.model.max_sequence_length + 1,
-                              bucket=False, drop_remainder=False,
+                              bucket=True, drop_remainder=False,
                               finalize=self._finalize).prefetch(AUTOTUNE)
 
     # -------------------------------------------------------------- model

@@ -70,6 +70,18 @@ def test_packed_rows_hold_every_train_token_in_order(task):
     assert all(t in train for t in whole)
 
 
+def test_evaluation_scores_every_test_token_once(task):
+    """Bucketed evaluation batches hold every text once: their weighted
+    targets are the test split's ids after bos, eos included."""
+    expected = sorted(tuple(ids[1:].tolist()) for ids in task.token_ids("test"))
+    seen = []
+    for inputs, targets in task.eval_dataset("test", 8):
+        np.testing.assert_array_equal(inputs["token_ids"][:, 1:], targets["ids"][:, :-1])
+        for row, weights in zip(targets["ids"].numpy(), targets["weights"].numpy()):
+            seen.append(tuple(row[weights > 0].tolist()))
+    assert sorted(seen) == expected
+
+
 def test_padding_and_text_boundaries_do_not_count_in_the_loss(task):
     vocab = 50
     targets = {"ids": tf.constant([[5, 6, EOS_ID, 0], [7, EOS_ID, BOS_ID, 9]]),
