@@ -20,10 +20,12 @@ import numpy as np
 
 TRAINING_CURVES_FILE = "training_curves.png"
 TOKEN_LENGTHS_FILE = "token_lengths.png"
-# (title, tag, runs drawn) of the panels of training_curves.png.
-PANELS = (("loss", "loss", ("train", "validation")),
-          ("accuracy", "accuracy", ("train", "validation")),
-          ("learning rate", "learning_rate", ("train",)))
+# (title, tags, runs drawn) of the panels of training_curves.png; a panel
+# draws the first of its tags that a run logged (classification logs
+# "accuracy", translation and language modeling "token_accuracy").
+PANELS = (("loss", ("loss",), ("train", "validation")),
+          ("accuracy", ("accuracy", "token_accuracy"), ("train", "validation")),
+          ("learning rate", ("learning_rate",), ("train",)))
 COLORS = {"train": "tab:blue", "validation": "tab:orange"}
 
 
@@ -87,7 +89,10 @@ def training_curves_figure(runs: dict, title: str = ""):
 
     fig = Figure(figsize=(14, 4))
     axes = fig.subplots(1, len(PANELS))
-    for ax, (name, tag, run_names) in zip(axes, PANELS):
+    for ax, (name, tags, run_names) in zip(axes, PANELS):
+        present = [t for t in tags if any(t in runs.get(run, {}) for run in run_names)]
+        tag = present[0] if present else tags[0]
+        name = tag.replace("_", " ") if tag != tags[0] else name
         drawn = False
         for run in run_names:
             if tag not in runs.get(run, {}):
