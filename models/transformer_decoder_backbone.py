@@ -4,7 +4,7 @@ vocabulary logits, full-sequence or cached, with or without cross-attention."""
 import keras
 from keras import ops
 
-from models.layers._utils import check_dropout, check_positive_ints, make_block_stack
+from models.layers._utils import check_backbone_args, check_bools, make_block_stack
 from models.layers.dropout import Dropout
 from models.layers.token_and_position_embedding import TokenAndPositionEmbedding
 from models.layers.transformer_decoder import TransformerDecoder
@@ -84,21 +84,13 @@ class TransformerDecoderBackbone(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_positive_ints(
-            vocabulary_size=vocabulary_size, hidden_dim=hidden_dim,
-            intermediate_dim=intermediate_dim, num_heads=num_heads,
-            num_layers=num_layers, max_sequence_length=max_sequence_length,
+        check_backbone_args(
+            dropout, hidden_dim, num_heads, vocabulary_size=vocabulary_size,
+            intermediate_dim=intermediate_dim, num_layers=num_layers,
+            max_sequence_length=max_sequence_length,
         )
-        if hidden_dim % num_heads != 0:
-            raise ValueError(
-                "`hidden_dim` must be divisible by `num_heads`. "
-                f"Received: hidden_dim={hidden_dim}, num_heads={num_heads}"
-            )
-        check_dropout(dropout)
-        for arg, value in (("norm_first", norm_first), ("tie_embeddings", tie_embeddings),
-                           ("cross_attention", cross_attention)):
-            if not isinstance(value, bool):
-                raise ValueError(f"`{arg}` must be a bool. Received: {arg}={value!r}")
+        check_bools(norm_first=norm_first, tie_embeddings=tie_embeddings,
+                    cross_attention=cross_attention)
         self.vocabulary_size = vocabulary_size
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim

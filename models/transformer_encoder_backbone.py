@@ -2,12 +2,7 @@
 
 import keras
 
-from models.layers._utils import (
-    check_dropout,
-    check_positive_ints,
-    make_block_stack,
-    token_ids_shape_of,
-)
+from models.layers._utils import check_backbone_args, make_block_stack, token_ids_shape_of
 from models.layers.dropout import Dropout
 from models.layers.token_and_position_embedding import TokenAndPositionEmbedding
 from models.layers.transformer_encoder import TransformerEncoder
@@ -72,17 +67,11 @@ class TransformerEncoderBackbone(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_positive_ints(
-            vocabulary_size=vocabulary_size, hidden_dim=hidden_dim,
-            intermediate_dim=intermediate_dim, num_heads=num_heads,
-            num_layers=num_layers, max_sequence_length=max_sequence_length,
+        check_backbone_args(
+            dropout, hidden_dim, num_heads, vocabulary_size=vocabulary_size,
+            intermediate_dim=intermediate_dim, num_layers=num_layers,
+            max_sequence_length=max_sequence_length,
         )
-        if hidden_dim % num_heads != 0:
-            raise ValueError(
-                "`hidden_dim` must be divisible by `num_heads`. "
-                f"Received: hidden_dim={hidden_dim}, num_heads={num_heads}"
-            )
-        check_dropout(dropout)
         self.vocabulary_size = vocabulary_size
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim

@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from models.layers._utils import check_dropout, check_positive_ints
+from models.layers._utils import check_backbone_args, check_bools, check_positive_ints
 from models.transformer_decoder_backbone import TransformerDecoderBackbone
 from models.transformer_encoder_backbone import TransformerEncoderBackbone
 
@@ -137,24 +137,13 @@ class Translator(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_positive_ints(
-            vocabulary_size=vocabulary_size, hidden_dim=hidden_dim,
-            intermediate_dim=intermediate_dim, num_heads=num_heads,
-            num_encoder_layers=num_encoder_layers,
-            num_decoder_layers=num_decoder_layers,
-            max_source_length=max_source_length,
+        check_backbone_args(
+            dropout, hidden_dim, num_heads, vocabulary_size=vocabulary_size,
+            intermediate_dim=intermediate_dim, num_encoder_layers=num_encoder_layers,
+            num_decoder_layers=num_decoder_layers, max_source_length=max_source_length,
             max_target_length=max_target_length,
         )
-        if hidden_dim % num_heads != 0:
-            raise ValueError(
-                "`hidden_dim` must be divisible by `num_heads`. "
-                f"Received: hidden_dim={hidden_dim}, num_heads={num_heads}"
-            )
-        check_dropout(dropout)
-        for arg, value in (("norm_first", norm_first),
-                           ("tie_embeddings", tie_embeddings)):
-            if not isinstance(value, bool):
-                raise ValueError(f"`{arg}` must be a bool. Received: {arg}={value!r}")
+        check_bools(norm_first=norm_first, tie_embeddings=tie_embeddings)
         self.vocabulary_size = vocabulary_size
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim

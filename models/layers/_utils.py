@@ -68,3 +68,23 @@ def make_block_stack(block_class, num_layers, name_format, intermediate_dim, num
             epsilon=1e-5, dtype=dtype, name="final_layer_norm"
         )
     return blocks, final_layer_norm
+
+
+def check_backbone_args(dropout, hidden_dim, num_heads, **positive_ints):
+    """The argument checks every backbone shares: `hidden_dim`, `num_heads`
+    and each of `positive_ints` an int > 0, `hidden_dim` divisible by
+    `num_heads`, `dropout` in [0, 1). Raises a ValueError naming the argument."""
+    check_positive_ints(hidden_dim=hidden_dim, num_heads=num_heads, **positive_ints)
+    if hidden_dim % num_heads != 0:
+        raise ValueError(
+            "`hidden_dim` must be divisible by `num_heads`. "
+            f"Received: hidden_dim={hidden_dim}, num_heads={num_heads}"
+        )
+    check_dropout(dropout)
+
+
+def check_bools(**values):
+    """Raises a ValueError naming the first argument that is not a bool."""
+    for arg, value in values.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"`{arg}` must be a bool. Received: {arg}={value!r}")
