@@ -181,6 +181,28 @@ class Task:
         return {}
 
     # ------------------------------------------------------------ helpers
+    @property
+    def processor(self):
+        """The Python SentencePiece processor of `self.tokenizer_path`
+        (detokenization of generated ids)."""
+        import sentencepiece as spm
+
+        if getattr(self, "_processor", None) is None:
+            self._processor = spm.SentencePieceProcessor(model_file=self.tokenizer_path)
+        return self._processor
+
+    def detokenize(self, rows) -> list[str]:
+        """Text of each row of generated ids: the ids before its first eos,
+        special ids (pad, unk, bos, eos) dropped."""
+        from pipeline.tokenizer import EOS_ID
+
+        out = []
+        for row in rows:
+            row = [int(i) for i in row]
+            row = row[: row.index(EOS_ID)] if EOS_ID in row else row
+            out.append(self.processor.decode([i for i in row if i > 3]))
+        return out
+
     def path(self, *parts: str) -> str:
         return os.path.join(self.run_dir, *parts)
 

@@ -333,13 +333,9 @@ class LanguageModelingTask(Task):
         for variable, value in zip(sampler.variables, initial):
             variable.assign(value)   # the seed's first state: reproducible
         out = run(tf.constant(ids), tf.constant(ids != 0)).numpy()
-        processor = self.processor
-        texts = []
-        for row, prompt in zip(out, rows):
-            new = row[len(prompt): len(prompt) + max_new].tolist()
-            new = new[: new.index(EOS_ID)] if EOS_ID in new else new
-            texts.append(processor.decode([int(i) for i in prompt[1:] + new if i > 3]))
-        return texts
+        # Each row's prompt and at most max_new ids after it, cut at eos.
+        return self.detokenize(row[: len(prompt) + max_new]
+                               for row, prompt in zip(out, rows))
 
     def _generator(self, model, seed, max_new, eos_id):
         """(sampler, its initial seed state, compiled generate) per model and
@@ -357,14 +353,6 @@ class LanguageModelingTask(Task):
                                                                sampler))
             self._generate[key] = (sampler, initial, run)
         return self._generate[key]
-
-    @property
-    def processor(self):
-        import sentencepiece as spm
-
-        if getattr(self, "_processor", None) is None:
-            self._processor = spm.SentencePieceProcessor(model_file=self.tokenizer_path)
-        return self._processor
 
     def on_validation(self, writer, step, state, model=None):
         import tensorflow as tf

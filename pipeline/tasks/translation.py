@@ -50,7 +50,6 @@ class TranslationTask(Task):
         self.pairs: dict[str, dict[str, list[str]]] | None = None
         self.tokenizer_path: str | None = None
         self._tokenizer = None
-        self._processor = None
         self._loss = None
         self._decode = {}
 
@@ -121,15 +120,6 @@ class TranslationTask(Task):
             self._tokenizer = InGraphTokenizer(read_model(self.tokenizer_path),
                                                self.cfg.model.max_sequence_length)
         return self._tokenizer
-
-    @property
-    def processor(self):
-        """The Python SentencePiece processor (detokenization for BLEU)."""
-        import sentencepiece as spm
-
-        if self._processor is None:
-            self._processor = spm.SentencePieceProcessor(model_file=self.tokenizer_path)
-        return self._processor
 
     def preprocess(self, examples: dict) -> dict:
         """{"de", "en"}: (batch,) strings -> source ids, and the target as the
@@ -238,15 +228,6 @@ class TranslationTask(Task):
                 lambda ids, mask: model.greedy_decode(ids, mask, BOS_ID, EOS_ID))}
         return self._decode[id(model)](inputs["source_ids"],
                                        inputs["source_padding_mask"]).numpy()
-
-    def detokenize(self, ids: np.ndarray) -> list[str]:
-        from pipeline.tokenizer import EOS_ID
-
-        out = []
-        for row in ids.tolist():
-            row = row[: row.index(EOS_ID)] if EOS_ID in row else row
-            out.append(self.processor.decode([i for i in row if i > 3]))
-        return out
 
     def validation_step(self, model, inputs, targets):
         import keras
