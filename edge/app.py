@@ -7,7 +7,7 @@ the bundle that export.bundle writes and nothing else.
 
 The bundle's manifest.json names its `task`; the runner registered for that task
 (edge/runners/, see runners.base.Runner) turns each text into a result. Tasks this
-app runs: text_classification, translation.
+app runs: text_classification, translation, language_modeling.
 
 Usage:
     python edge/app.py --bundle DIR "some text" "another text"
@@ -15,6 +15,8 @@ Usage:
     python edge/app.py --bundle DIR                      # interactive prompt
     python edge/app.py --bundle DIR --jsonl in.jsonl [--output out.jsonl]
     python edge/app.py --bundle DIR --json "some text"   # one JSON object per text
+    python edge/app.py --bundle DIR --sampling top_k --temperature 0.8 --seed 7 "Never"
+                                       # language_modeling: the text streams as it comes
 
 Library use:
     from app import load_bundle            # with edge/ on sys.path
@@ -24,6 +26,10 @@ Library use:
                                            #   "probability", "top_k", "latency_ms"}]
     runner.translate(["Text"])             # translation: [{"text", "translation",
                                            #   "token_ids", "latency_ms"}]
+    runner.run("A computer", seed=7)       # language_modeling: {"text", "generated_text",
+                                           #   "completion", "token_ids",
+                                           #   "time_to_first_token_ms", "tokens_per_second",
+                                           #   "latency_ms"}
 
 Exit codes: 0 ok; 1 some JSONL lines were malformed (they are reported on
 stderr with their line number and skipped, the rest is still run);
@@ -54,6 +60,7 @@ from runners import (  # noqa: E402
     SUPPORTED_FORMAT_VERSIONS,
     BundleError,
     ClassificationRunner,
+    LanguageModelRunner,
     Manifest,
     Runner,
     RuntimeMissingError,
@@ -73,6 +80,7 @@ from runners import (  # noqa: E402
     runner_class,
     sha256_file,
     short_value,
+    stream_to,
     supported_tasks,
     tokenize,
     valid_text,
@@ -81,8 +89,8 @@ from runners import (  # noqa: E402
 
 __all__ = [
     "FLOAT_VARIANTS", "INSTALL_HINT", "PREVIEW_CHARS", "SUPPORTED_FORMAT_VERSIONS", "Bundle",
-    "BundleError", "ClassificationRunner", "Manifest", "Runner", "RuntimeMissingError",
-    "SentencePieceTokenizer", "TranslationRunner", "_import_interpreter",
+    "BundleError", "ClassificationRunner", "LanguageModelRunner", "Manifest", "Runner",
+    "RuntimeMissingError", "SentencePieceTokenizer", "TranslationRunner", "_import_interpreter",
     "_import_sentencepiece",
     "format_classification", "format_plain", "format_stats", "iter_jsonl", "latency_stats",
     "load_bundle", "main", "preview",
@@ -234,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {args.jsonl}: line {lineno}: {reason} (skipped)", file=sys.stderr)
 
     def emit(text: str, as_json: bool) -> None:
+        if not as_json and isinstance(runner, LanguageModelRunner):
+            stream_to(out, runner, text)   # the text as it is generated
+            return
         result = runner.run(text)
         out.write((json.dumps(result, ensure_ascii=False) if as_json
                    else runner.format(result)) + "\n")

@@ -25,6 +25,9 @@ def export_all(task, model, reference, log=print) -> dict:
     module = make_export_module(task, model)
     version_dir = export_serving(module, os.path.join(run_dir, "serving"), e.model_name,
                                  e.version, log=log)
+    saved_model = module.saved_model_metrics(version_dir, reference)
+    if saved_model:
+        log(f"[export] SavedModel checked: {saved_model}")
     integer = {"int8", "int16x8"} & set(e.tflite_variants)
     recipe = QuantizationRecipe(
         calibration_inputs=module.calibration_inputs(
@@ -69,4 +72,4 @@ def export_all(task, model, reference, log=print) -> dict:
     log(f"\n{format_table(summary)}\n\nedge bundle: {reason}\n"
         f"report: {report['markdown']}, {report['png']}")
     return {"saved_model": version_dir, "tflite": tflite, "edge_bundle": bundle,
-            "quantization_report": report["json"]}
+            "quantization_report": report["json"], "saved_model_metrics": saved_model}

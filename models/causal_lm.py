@@ -1,8 +1,10 @@
 """Decoder-only Transformer language model (GPT), with cached generation."""
 
 import keras
+import tensorflow as tf
 from keras import ops
 
+from models.layers._utils import check_positive_ints
 from models.layers.masking import compute_segment_mask
 from models.transformer_decoder_backbone import TransformerDecoderBackbone
 
@@ -35,6 +37,55 @@ def make_sampler(strategy="top_k", temperature=1.0, top_k=40, top_p=0.9, seed=No
     if not 0 < top_p <= 1:
         raise ValueError(f"`top_p` must be in (0, 1]. Received: {top_p!r}")
     return keras_hub.samplers.TopPSampler(p=top_p, seed=seed, temperature=temperature)
+
+
+def seeded_logits_processor(seed, temperature=1.0, top_k=0, top_p=1.0):
+    """A stateless sampler as a logits processor for `GreedySampler`: returns
+    `process(logits, index)` whose argmax is a sample of
+    `softmax(logits / temperature)` restricted to the `top_k` most likely
+    tokens and to the smallest set whose probability reaches `top_p`
+    (the Gumbel-max trick: argmax of `logits / T + Gumbel noise`).
+
+    The noise of step `index` is drawn with `tf.random.stateless_uniform`
+    from `(seed, index)`, so the same seed gives the same sample with no
+    random state: what a SavedModel signature taking `seed` as an input
+    needs (keras-hub's samplers keep theirs in a `SeedGenerator` variable).
+
+    Args:
+        seed: int or int32 scalar tensor.
+        temperature: float or float32 scalar tensor; `<= 0` is greedy
+            (argmax, no noise).
+        top_k: int or int32 scalar tensor; `<= 0` keeps every token.
+        top_p: float or float32 scalar tensor in `(0, 1]`; `1` keeps every
+            token.
+    """
+    seed = tf.cast(seed, tf.int32)
+    temperature = tf.cast(temperature, tf.float32)
+    top_k = tf.cast(top_k, tf.int32)
+    top_p = tf.cast(top_p, tf.float32)
+
+    def process(logits, index):
+        logits = tf.cast(logits, tf.float32)                    # (batch, vocab)
+        vocab = tf.shape(logits)[-1]
+        scaled = logits / tf.maximum(temperature, 1e-6)
+        # top-k: keep the logits at or above the k-th largest.
+        k = tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab)
+        kth = tf.math.top_k(scaled, k=k, sorted=True).values[:, -1:]
+        keep = scaled >= kth
+        # top-p: keep the most likely tokens until their mass reaches p.
+        ordered = tf.sort(tf.where(keep, scaled, -1e9), direction="DESCENDING")
+        probabilities = tf.nn.softmax(ordered)
+        before = tf.cumsum(probabilities, axis=-1, exclusive=True)
+        kept = tf.reduce_sum(tf.cast(before < top_p, tf.int32), axis=-1, keepdims=True)
+        threshold = tf.gather(ordered, tf.maximum(kept, 1) - 1, batch_dims=1)
+        keep = tf.logical_and(keep, scaled >= threshold)
+        uniform = tf.random.stateless_uniform(
+            tf.shape(logits), seed=tf.stack([seed, tf.cast(index, tf.int32)]),
+            minval=1e-20, maxval=1.0)
+        sampled = tf.where(keep, scaled - tf.math.log(-tf.math.log(uniform)), -1e9)
+        return tf.where(temperature > 0, sampled, logits)
+
+    return process
 
 
 @keras.saving.register_keras_serializable(package="transformer_pipeline")
@@ -171,7 +222,7 @@ class CausalLanguageModel(keras.Model):
         return self.decoder.call_with_cache(token_ids, index, cache)
 
     def generate(self, prompt_ids, prompt_mask, max_new_tokens, stop_token_id,
-                 sampler):
+                 sampler, logits_processor=None):
         """Continues a batch of right-padded prompts.
 
         Args:
@@ -179,9 +230,13 @@ class CausalLanguageModel(keras.Model):
                 by padding.
             prompt_mask: bool/int `(batch, prompt_len)`, `True` on prompt
                 tokens (a prefix of each row; every row holds at least one).
-            max_new_tokens: int >= 1.
+            max_new_tokens: int >= 1, or an int32 scalar tensor (then the
+                buffer length is computed in the graph).
             stop_token_id: int, the end-of-text id.
             sampler: a `keras_hub.samplers.Sampler` (`make_sampler`).
+            logits_processor: optional `fn(logits, index) -> logits` applied
+                to each step's logits before the sampler (e.g.
+                `seeded_logits_processor` with a `GreedySampler`).
 
         Returns:
             int32 `(batch, length)`, `length = min(prompt_len +
@@ -189,7 +244,8 @@ class CausalLanguageModel(keras.Model):
             follows it (cut it at the row's prompt length + max_new_tokens
             and at its first `stop_token_id` after the prompt).
         """
-        if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
+        is_int = isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool)
+        if not (hasattr(max_new_tokens, "dtype") or (is_int and max_new_tokens >= 1)):
             raise ValueError(
                 f"`max_new_tokens` must be an int >= 1. Received: {max_new_tokens!r}"
             )
@@ -197,15 +253,20 @@ class CausalLanguageModel(keras.Model):
         prompt_ids = ops.cast(prompt_ids, "int32")
         prompt_mask = ops.cast(prompt_mask, "bool")
         prompt_length = prompt_ids.shape[1]
-        if prompt_length is None or prompt_length >= self.max_sequence_length:
+        if prompt_length is not None and prompt_length >= self.max_sequence_length:
             raise ValueError(
-                "The prompts must have a static length below `max_sequence_length`"
+                "The prompts must be shorter than `max_sequence_length`"
                 f"={self.max_sequence_length}. Received: prompt_ids.shape="
                 f"{tuple(prompt_ids.shape)}"
             )
-        length = min(prompt_length + max_new_tokens, self.max_sequence_length)
+        if isinstance(max_new_tokens, int) and prompt_length is not None:
+            pad = min(prompt_length + max_new_tokens, self.max_sequence_length) \
+                - prompt_length
+        else:
+            width = ops.shape(prompt_ids)[1]
+            pad = ops.minimum(width + ops.maximum(ops.cast(max_new_tokens, "int32"), 1),
+                              self.max_sequence_length) - width
         batch_size = ops.shape(prompt_ids)[0]
-        pad = length - prompt_length
         buffer = ops.pad(prompt_ids, [[0, 0], [0, pad]])
         mask = ops.pad(prompt_mask, [[0, 0], [0, pad]])
         _, cache = self.call_with_cache(buffer, 0, self.initial_cache(batch_size))
@@ -214,10 +275,76 @@ class CausalLanguageModel(keras.Model):
         def next(prompt, cache, index):
             token = ops.slice(prompt, [0, index - 1], [batch_size, 1])
             logits, cache = self.call_with_cache(token, index - 1, cache)
-            return logits[:, 0, :], None, cache
+            logits = logits[:, 0, :]
+            if logits_processor is not None:
+                logits = logits_processor(logits, index)
+            return logits, None, cache
 
         return sampler(next, buffer, cache=cache, index=index, mask=mask,
                        stop_token_ids=(stop_token_id,), model=self)
+
+    def tflite_archive(self, prefill_length=None):
+        """A `keras.export.ExportArchive` with the endpoints `prefill` and
+        `decode`, batch 1, static shapes, float32 and int32 tensors only: the
+        source of `tf.lite.TFLiteConverter.from_saved_model(dir,
+        signature_keys=["prefill", "decode"])` on TFLite builtins (the cache
+        update is a `DYNAMIC_UPDATE_SLICE`). The sampling loop runs in the
+        app, passing `cache` from one call to the next (the prefill/decode
+        layout of litert-torch's generative export).
+
+        prefill  token_ids int32 (1, P): a prompt right-padded to P,
+                 length int32 (): its true length (>= 1)
+                 -> logits float32 (1, vocabulary_size) at position
+                    `length - 1`, cache float32
+                    (1, layers, 2, max_sequence_length, heads, head_dim)
+        decode   token_ids int32 (1, 1), index int32 (): its position,
+                 cache float32 (as above)
+                 -> logits float32 (1, vocabulary_size), cache float32
+
+        The prefill writes garbage keys and values at the padded positions
+        `length..P-1`; the causal mask hides them and each decode step
+        overwrites its own position before a later step reads it.
+
+        Args:
+            prefill_length: int, the static prompt length `P`. Defaults to
+                `max_sequence_length - 1`.
+        """
+        if prefill_length is None:
+            prefill_length = self.max_sequence_length - 1
+        check_positive_ints(prefill_length=prefill_length)
+        if prefill_length > self.max_sequence_length:
+            raise ValueError(
+                "`prefill_length` must be at most `max_sequence_length`. Received: "
+                f"prefill_length={prefill_length}, "
+                f"max_sequence_length={self.max_sequence_length}"
+            )
+        self._build_if_needed()
+        d = self.decoder
+        cache_shape = (1, self.num_layers, 2, self.max_sequence_length,
+                       self.num_heads, d.head_dim)
+
+        def prefill(token_ids, length):
+            logits, cache = self.call_with_cache(token_ids, 0, d.initial_cache(1))
+            last = tf.gather(logits, tf.reshape(length - 1, [1]), axis=1)  # (1, 1, V)
+            return {"logits": last[:, 0, :], "cache": ops.cast(cache, "float32")}
+
+        def decode(token_ids, index, cache):
+            logits, cache = self.call_with_cache(
+                token_ids, index, ops.cast(cache, self.compute_dtype))
+            return {"logits": logits[:, 0, :], "cache": ops.cast(cache, "float32")}
+
+        archive = keras.export.ExportArchive()
+        archive.track(self)
+        archive.add_endpoint("prefill", prefill, input_signature=[
+            tf.TensorSpec((1, prefill_length), tf.int32, name="token_ids"),
+            tf.TensorSpec((), tf.int32, name="length"),
+        ])
+        archive.add_endpoint("decode", decode, input_signature=[
+            tf.TensorSpec((1, 1), tf.int32, name="token_ids"),
+            tf.TensorSpec((), tf.int32, name="index"),
+            tf.TensorSpec(cache_shape, tf.float32, name="cache"),
+        ])
+        return archive
 
     def get_config(self):
         config = super().get_config()

@@ -95,7 +95,10 @@ def run(cfg, do_export: bool = True, strategy=None):
     if do_export:
         exported = export(task, result.model, evaluation["reference"])
         metrics["tflite"] = exported["tflite"]
-        metrics["artifacts"] = {k: v for k, v in exported.items() if k != "tflite"}
+        if exported["saved_model_metrics"]:
+            metrics["saved_model"] = exported["saved_model_metrics"]
+        metrics["artifacts"] = {k: v for k, v in exported.items()
+                                if k not in ("tflite", "saved_model_metrics")}
     comparison = compare_with_from_scratch(cfg, metrics, strategy)
     if comparison:
         metrics["comparison"] = comparison

@@ -6,6 +6,10 @@
     python -m serving.client --format inputs --texts_file texts.txt --json
     python -m serving.client --signature tokenize "a tree"   # any signature's outputs
     python -m serving.client --status          # or --metadata
+    python -m serving.client --model language_model --input_key prompt "Never"
+    python -m serving.client --model language_model --input_key prompt \\
+        --signature generate --param max_new_tokens=20 --param temperature=0.8 \\
+        --param top_k=40 --param top_p=1.0 --param seed=7 "Never"
 
 From Python:
 
@@ -210,8 +214,16 @@ class ServingClient:
             self._channel = None
 
     # -------------------------------------------------------------------- API
-    def predict(self, texts, protocol: str = "rest", format: str = "instances") -> Prediction:
-        """Outputs for `texts` (a list of str), in batches of `batch_size`."""
+    def predict(self, texts, protocol: str = "rest", format: str = "instances",
+                params: dict | None = None) -> Prediction:
+        """Outputs for `texts` (a list of str), in batches of `batch_size`.
+
+        `params`: the signature's scalar inputs besides the texts, by name (an int
+        is sent as int32, a float as float32), e.g. a language model's
+        {"max_new_tokens": 20, "temperature": 0.8, "top_k": 40, "top_p": 1.0,
+        "seed": 7} for its `generate` signature. REST then uses the columnar
+        ("inputs") format, in which inputs may differ in shape.
+        """
         if isinstance(texts, str):
             texts = [texts]
         if protocol not in ("rest", "grpc"):
@@ -219,18 +231,24 @@ class ServingClient:
         if format not in ("instances", "inputs"):
             raise ValueError(f"format must be 'instances' or 'inputs', got {format!r}")
         texts = list(texts)
+        params = dict(params or {})
+        for name, value in params.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"params[{name!r}] must be an int or a float, got {value!r}")
+        if params:
+            format = "inputs"
         parts = []
         for start in range(0, len(texts), self.batch_size):
             batch = texts[start:start + self.batch_size]
-            parts.append(self._predict_grpc(batch) if protocol == "grpc"
-                         else self._predict_rest(batch, format))
+            parts.append(self._predict_grpc(batch, params) if protocol == "grpc"
+                         else self._predict_rest(batch, format, params))
         if not parts:
             return Prediction({})
         outputs = {k: [v for p in parts for v in p.outputs[k]] for k in parts[0].outputs}
         versions = {p.model_version for p in parts}
         return Prediction(outputs, parts[-1].model_version if len(versions) == 1 else None)
 
-    def _predict_rest(self, texts: list[str], format: str) -> Prediction:
+    def _predict_rest(self, texts: list[str], format: str, params: dict) -> Prediction:
         url = f"{self._model_path()}:predict"
         if format == "instances":
             body = self._rest("POST", url, {"signature_name": self.signature,
@@ -240,7 +258,7 @@ class ServingClient:
                 return Prediction({k: [p[k] for p in predictions] for k in predictions[0]})
             return Prediction({self._single_output_name(): predictions})
         body = self._rest("POST", url, {"signature_name": self.signature,
-                                        "inputs": {self.input_key: texts}})
+                                        "inputs": {self.input_key: texts, **params}})
         outputs = body["outputs"]
         return Prediction(outputs if isinstance(outputs, dict)
                           else {self._single_output_name(): outputs})
@@ -262,7 +280,7 @@ class ServingClient:
             self._output_names[self.signature] = name
         return self._output_names[self.signature]
 
-    def _predict_grpc(self, texts: list[str]) -> Prediction:
+    def _predict_grpc(self, texts: list[str], params: dict) -> Prediction:
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
@@ -270,6 +288,9 @@ class ServingClient:
         self._model_spec(request.model_spec)
         request.inputs[self.input_key].CopyFrom(tf.make_tensor_proto(
             [t.encode("utf-8") for t in texts], dtype=tf.string, shape=[len(texts)]))
+        for name, value in params.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(
+                value, dtype=tf.int32 if isinstance(value, int) else tf.float32))
         response = self._grpc("Predict", request)
         outputs = {}
         for key, proto in response.outputs.items():
@@ -373,6 +394,23 @@ def format_row(text: str, row: dict) -> str:
     return f"{fields}  {shown}"
 
 
+def parse_params(pairs: list[str]) -> dict:
+    """["name=3", "t=0.5"] -> {"name": 3, "t": 0.5}; ValueError naming a bad pair."""
+    params = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--param {pair!r}: expected NAME=VALUE")
+        try:
+            params[name] = int(value)
+        except ValueError:
+            try:
+                params[name] = float(value)
+            except ValueError:
+                raise ValueError(f"--param {pair!r}: VALUE must be a number") from None
+    return params
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m serving.client",
@@ -392,6 +430,10 @@ def main(argv=None) -> int:
                              "model_spec.signature_name), e.g. tokenize")
     parser.add_argument("--input_key", default="text",
                         help="the signature's input name (columnar REST and gRPC requests)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="a scalar input besides the texts (int32 if VALUE is an "
+                             "integer, else float32), repeatable; e.g. --signature generate "
+                             "--input_key prompt --param max_new_tokens=20 --param seed=7")
     parser.add_argument("--protocol", choices=["rest", "grpc"], default="rest")
     parser.add_argument("--format", choices=["instances", "inputs"], default="instances",
                         help="REST request format: row (instances) or columnar (inputs)")
@@ -419,7 +461,8 @@ def main(argv=None) -> int:
                 texts += [line.rstrip("\n") for line in f if line.strip()]
         if not texts:
             parser.error("give texts, --texts_file, --status or --metadata")
-        result = client.predict(texts, args.protocol, args.format)
+        result = client.predict(texts, args.protocol, args.format,
+                                params=parse_params(args.param))
     except (ServingError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

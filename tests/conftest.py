@@ -23,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DEBUG_CONFIG = os.path.join(ROOT, "configs", "text_classification_debug.yaml")
 TRANSLATION_DEBUG_CONFIG = os.path.join(ROOT, "configs", "translation_debug.yaml")
+LM_DEBUG_CONFIG = os.path.join(ROOT, "configs", "language_model_debug.yaml")
 
 # Texts every path must classify: empty, whitespace, 100 kB, non-ASCII.
 HOSTILE_TEXTS = ["", "   \t ", "word " * 20_000, "Ärger über Öl — 日本語のテキスト 🙂",
@@ -132,6 +133,29 @@ def translation_trained(translation_run):
     from pipeline.workflow import load_trained, prepare
 
     cfg, _ = translation_run
+    task = prepare(cfg, log=lambda *_: None)
+    return task, load_trained(task)
+
+
+@pytest.fixture(scope="session")
+def lm_run(tmp_path_factory, tfds_dir):
+    """The language-model debug experiment (configs/language_model_debug.yaml), trained
+    and exported once per session in a temporary artifacts root: (config, metrics)."""
+    from pipeline.config import load_config
+    from pipeline.workflow import run
+
+    root = str(tmp_path_factory.mktemp("lm_artifacts"))
+    cfg = load_config(LM_DEBUG_CONFIG, [f"runtime.artifacts_root={root}",
+                                        f"data.tfds_data_dir={tfds_dir}"])
+    return cfg, run(cfg)
+
+
+@pytest.fixture(scope="session")
+def lm_trained(lm_run):
+    """(task, model): the language-model debug run's prepared task and its best weights."""
+    from pipeline.workflow import load_trained, prepare
+
+    cfg, _ = lm_run
     task = prepare(cfg, log=lambda *_: None)
     return task, load_trained(task)
 

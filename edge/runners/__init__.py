@@ -8,6 +8,7 @@ Adding a task: write `runners/<task>.py` with a `Runner` subclass (see `base.Run
 it with `register_runner("<task>", TheRunner)`, and import it below.
 """
 from . import (
+    language_modeling,  # noqa: F401  (registers "language_modeling")
     text_classification,  # noqa: F401  (registers "text_classification")
     translation,  # noqa: F401  (registers "translation")
 )
@@ -40,16 +41,18 @@ from .base import (
     valid_text,
     verify_files,
 )
+from .language_modeling import LanguageModelRunner, format_generation, stream_to
 from .text_classification import ClassificationRunner, format_classification
 from .translation import TranslationRunner, format_translation, greedy_decode
 
 __all__ = [
-    "DEFAULT_TASK", "FLOAT_VARIANTS", "INSTALL_HINT", "PREVIEW_CHARS",
+    "DEFAULT_TASK", "FLOAT_VARIANTS", "INSTALL_HINT", "LanguageModelRunner", "PREVIEW_CHARS",
     "SUPPORTED_FORMAT_VERSIONS", "BundleError", "ClassificationRunner", "Manifest", "Runner",
     "RuntimeMissingError", "SentencePieceTokenizer", "TranslationRunner",
-    "_import_interpreter", "_import_sentencepiece", "format_classification", "format_stats",
+    "_import_interpreter", "_import_sentencepiece", "format_classification",
+    "format_generation", "format_stats",
     "format_translation", "greedy_decode", "latency_stats", "load_runner", "preview",
     "read_lines", "read_manifest", "register_runner", "registered_runners", "runner_class",
-    "sha256_file", "short_value", "supported_tasks", "tokenize", "valid_text",
-    "verify_files",
+    "sha256_file", "short_value", "stream_to", "supported_tasks", "tokenize",
+    "valid_text", "verify_files",
 ]

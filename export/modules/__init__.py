@@ -12,7 +12,8 @@ from export.modules.base import ExportModule
 
 _MODULES: dict[str, type[ExportModule]] = {}
 _BUILTIN = {"text_classification": "export.modules.text_classification",
-            "translation": "export.modules.translation"}
+            "translation": "export.modules.translation",
+            "language_modeling": "export.modules.language_modeling"}
 
 
 def register_export_module(task_name: str):

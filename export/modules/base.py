@@ -57,6 +57,11 @@ class ExportModule:
         array}) each, built from validation examples."""
         return []
 
+    def saved_model_metrics(self, directory: str, reference) -> dict:
+        """Measurements of the written SavedModel against the Keras model
+        (`reference`, what the task's `evaluate` returned); {} = none."""
+        return {}
+
     # -------------------------------------------------------------- TFLite
     def tflite_archive(self):
         """An ExportArchive whose endpoints are `tflite_signatures`, with

@@ -33,6 +33,17 @@ from pipeline.tasks import register_task
 from pipeline.tasks.base import Task, sample_indices
 
 SPLITS = ("train", "validation", "test")
+# The export's check: greedy continuations (first AGREEMENT_TOKENS ids) of
+# AGREEMENT_PROMPTS test prompts from Keras, the SavedModel and each TFLite
+# variant.
+AGREEMENT_TOKENS = 20
+AGREEMENT_PROMPTS = 200
+PROMPT_WORDS = 5
+
+
+def agreement_prompts(texts: list[str], count: int = AGREEMENT_PROMPTS) -> list[str]:
+    """The first `PROMPT_WORDS` words of the first `count` texts."""
+    return [" ".join(t.split()[:PROMPT_WORDS]) for t in texts[:count]]
 
 
 @register_task("language_modeling")
@@ -309,45 +320,66 @@ class LanguageModelingTask(Task):
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
                 "token_accuracy": sum(state["hits"]) / tokens}
 
-    def generate(self, model, prompts: list[str], seed: int | None = None) -> list[str]:
-        """Continuations of `prompts` with the `generate.*` sampler: the same
-        seed, prompts and weights give the same texts at every call."""
+    def prompt_ids(self, prompts: list[str]) -> tuple[np.ndarray, list[int]]:
+        """`[bos]` + each prompt's ids (at most `max_sequence_length - 2`, as the
+        SavedModel and the edge app cut them), right-padded: (int32 (n, width),
+        the row lengths)."""
         import tensorflow as tf
 
-        from pipeline.tokenizer import BOS_ID, EOS_ID
+        from pipeline.tokenizer import BOS_ID
+
+        encoded = self.tokenizer.ragged(tf.constant(prompts or [""])).numpy()
+        rows = [[BOS_ID] + list(ids[: self.cfg.model.max_sequence_length - 2])
+                for ids in encoded]
+        ids = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = r
+        return ids, [len(r) for r in rows]
+
+    def generate(self, model, prompts: list[str], seed: int | None = None,
+                 strategy: str | None = None, max_new_tokens: int | None = None,
+                 ids_only: bool = False):
+        """Continuations of `prompts` with the `generate.*` sampler (or
+        `strategy`, e.g. "greedy"): the same seed, prompts and weights give the
+        same texts at every call. With `ids_only`, each prompt's generated ids
+        (at most `max_new_tokens`, cut before eos) instead of the texts."""
+        import tensorflow as tf
+
+        from pipeline.tokenizer import EOS_ID
 
         g = self.cfg.generate
         seed = g.seed if seed is None else seed
-        encoded = self.tokenizer.ragged(tf.constant(prompts or [""])).numpy()
-        rows = [[BOS_ID] + list(ids) for ids in encoded]
-        width = max(len(r) for r in rows)
-        max_new = min(g.max_new_tokens, self.cfg.model.max_sequence_length - width)
+        ids, lengths = self.prompt_ids(prompts)
+        width = ids.shape[1]
+        max_new = min(max_new_tokens or g.max_new_tokens,
+                      self.cfg.model.max_sequence_length - width)
         if max_new < 1:
             raise ValueError(f"config key 'generate.prompts': a prompt of {width - 1} "
                              "tokens leaves no room to generate within "
                              f"model.max_sequence_length={self.cfg.model.max_sequence_length}")
-        ids = np.zeros((len(rows), width), np.int32)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = r
-        sampler, initial, run = self._generator(model, seed, max_new, EOS_ID)
+        sampler, initial, run = self._generator(model, seed, max_new, EOS_ID,
+                                                strategy or g.strategy)
         for variable, value in zip(sampler.variables, initial):
             variable.assign(value)   # the seed's first state: reproducible
         out = run(tf.constant(ids), tf.constant(ids != 0)).numpy()
+        if ids_only:
+            rows = [list(row[n: n + max_new]) for row, n in zip(out, lengths)]
+            return [[int(i) for i in (r[: r.index(EOS_ID)] if EOS_ID in r else r)]
+                    for r in rows]
         # Each row's prompt and at most max_new ids after it, cut at eos.
-        return self.detokenize(row[: len(prompt) + max_new]
-                               for row, prompt in zip(out, rows))
+        return self.detokenize(row[: n + max_new] for row, n in zip(out, lengths))
 
-    def _generator(self, model, seed, max_new, eos_id):
+    def _generator(self, model, seed, max_new, eos_id, strategy):
         """(sampler, its initial seed state, compiled generate) per model and
         seed: one graph, traced once, instead of an eager loop per token."""
         import tensorflow as tf
 
         from models.causal_lm import make_sampler
 
-        key = (id(model), seed, max_new)
+        key = (id(model), seed, max_new, strategy)
         if key not in self._generate:
             g = self.cfg.generate
-            sampler = make_sampler(g.strategy, g.temperature, g.top_k, g.top_p, seed=seed)
+            sampler = make_sampler(strategy, g.temperature, g.top_k, g.top_p, seed=seed)
             initial = [variable.numpy() for variable in sampler.variables]
             run = tf.function(lambda ids, mask: model.generate(ids, mask, max_new, eos_id,
                                                                sampler))
@@ -387,7 +419,14 @@ class LanguageModelingTask(Task):
             f"{test['texts']:,} texts ({time.time() - start:.1f}s)")
         for p, s in zip(g.prompts, samples):
             log(f"[sample] {p!r} -> {s!r}")
-        result = {"test": test, "text": "fortunes (TFDS)", "reference": None}
+        # The export's reference: greedy continuations of test prompts, which the
+        # SavedModel and every TFLite variant are compared with.
+        prompts = agreement_prompts(self.texts["test"])
+        reference = {"prompts": prompts, "greedy_ids": [
+            ids for i in range(0, len(prompts), 64) for ids in self.generate(
+                model, prompts[i:i + 64], strategy="greedy",
+                max_new_tokens=AGREEMENT_TOKENS, ids_only=True)]}
+        result = {"test": test, "text": "fortunes (TFDS)", "reference": reference}
         if baseline:
             from pipeline.tokenizer import vocabulary_size
 
@@ -447,4 +486,4 @@ def ngram_baselines(train: list[np.ndarray], test: list[np.ndarray],
                    "method": methods[name]} for name, value in nll.items()}
 
 
-__all__ = ["LanguageModelingTask", "ngram_baselines"]
+__all__ = ["AGREEMENT_TOKENS", "LanguageModelingTask", "agreement_prompts", "ngram_baselines"]

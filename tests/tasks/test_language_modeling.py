@@ -120,11 +120,9 @@ def test_other_data_sources_and_bad_generation_keys_are_refused_naming_the_key()
 
 @pytest.mark.slow
 def test_a_tiny_language_model_trains_and_reports_perplexity_beside_both_baselines(
-        debug_cfg, task):
-    from pipeline.workflow import run
-
-    metrics = run(debug_cfg, do_export=False)
-    saved = json.load(open(os.path.join(debug_cfg.run_dir, "metrics.json")))
+        lm_run, task):
+    cfg, metrics = lm_run
+    saved = json.load(open(os.path.join(cfg.run_dir, "metrics.json")))
     assert saved["task"] == "language_modeling"
     test = saved["test"]
     assert set(saved["baselines"]) == {"unigram", "bigram_add_one"}
