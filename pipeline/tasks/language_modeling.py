@@ -350,13 +350,9 @@ class LanguageModelingTask(Task):
         g = self.cfg.generate
         seed = g.seed if seed is None else seed
         ids, lengths = self.prompt_ids(prompts)
-        width = ids.shape[1]
-        max_new = min(max_new_tokens or g.max_new_tokens,
-                      self.cfg.model.max_sequence_length - width)
-        if max_new < 1:
-            raise ValueError(f"config key 'generate.prompts': a prompt of {width - 1} "
-                             "tokens leaves no room to generate within "
-                             f"model.max_sequence_length={self.cfg.model.max_sequence_length}")
+        # A row generates until the sequence is full (prompt ids are cut at
+        # max_sequence_length - 2 and bos added: room for one id at least).
+        max_new = max_new_tokens or g.max_new_tokens
         sampler, initial, run = self._generator(model, seed, max_new, EOS_ID,
                                                 strategy or g.strategy)
         for variable, value in zip(sampler.variables, initial):
@@ -382,7 +378,8 @@ class LanguageModelingTask(Task):
             sampler = make_sampler(strategy, g.temperature, g.top_k, g.top_p, seed=seed)
             initial = [variable.numpy() for variable in sampler.variables]
             run = tf.function(lambda ids, mask: model.generate(ids, mask, max_new, eos_id,
-                                                               sampler))
+                                                               sampler),
+                              reduce_retracing=True)
             self._generate[key] = (sampler, initial, run)
         return self._generate[key]
 

@@ -12,7 +12,6 @@ dropped cache entry or a mis-tokenized prompt shows.
 import json
 import os
 
-import numpy as np
 import pytest
 import tensorflow as tf
 

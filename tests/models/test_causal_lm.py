@@ -162,3 +162,96 @@ def test_serialization_round_trip(tmp_path):
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(_numpy(loaded({"token_ids": ids})),
                                _numpy(model({"token_ids": ids})), atol=1e-6)
+
+
+# ------------------------------------------- stateless sampling, TFLite export
+
+
+def _processed(seed, index, temperature=1.0, top_k=0, top_p=1.0, logits=None):
+    from models.causal_lm import seeded_logits_processor
+
+    if logits is None:
+        logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]] * 2000, "float32"))
+    process = seeded_logits_processor(seed, temperature, top_k, top_p)
+    return np.argmax(_numpy(process(logits, index)), axis=-1)
+
+
+def test_seeded_processor_samples_the_distribution_reproducibly():
+    draws = _processed(seed=3, index=5)
+    np.testing.assert_allclose(np.bincount(draws, minlength=4) / 2000,
+                               [0.5, 0.3, 0.15, 0.05], atol=0.035)
+    np.testing.assert_array_equal(draws, _processed(seed=3, index=5))
+    assert (draws != _processed(seed=4, index=5)).any()
+    assert (draws != _processed(seed=3, index=6)).any()     # a new draw per step
+
+
+def test_seeded_processor_controls():
+    assert (_processed(3, 5, temperature=0.0) == 0).all()              # greedy
+    assert set(_processed(3, 5, top_k=2)) == {0, 1}
+    assert set(_processed(3, 5, top_p=0.7)) == {0, 1}                  # 0.5 < 0.7 <= 0.8
+    assert (_processed(3, 5, top_p=1e-6) == 0).all()
+    assert (_processed(3, 5, top_k=1, temperature=5.0) == 0).all()
+    hot = np.bincount(_processed(3, 5, temperature=0.3), minlength=4) / 2000
+    assert hot[0] > 0.8
+
+
+def test_generate_takes_a_tensor_max_new_tokens_in_a_graph():
+    import keras_hub
+    import tensorflow as tf
+
+    from models.causal_lm import seeded_logits_processor
+
+    model = _model()
+    ids = np.array([[BOS, 5, 9, 0], [BOS, 6, 7, 8]], "int32")
+
+    @tf.function
+    def run(n, seed):
+        return model.generate(ids, ids != 0, n, EOS, keras_hub.samplers.GreedySampler(),
+                              seeded_logits_processor(seed, 1.0))
+
+    out = run(tf.constant(5), tf.constant(1)).numpy()
+    assert out.shape == (2, 4 + 5)
+    np.testing.assert_array_equal(out[:, :3], ids[:, :3])
+    np.testing.assert_array_equal(out, run(tf.constant(5), tf.constant(1)).numpy())
+    assert run(tf.constant(100), tf.constant(1)).numpy().shape == (2, 12)   # the cache
+
+
+def test_tflite_prefill_and_decode_equal_keras(tmp_path):
+    """Builtins only; a prefill over a padded prompt and decode steps give the Keras
+    model's logits, and the edge loop's greedy ids are Keras's."""
+    import functools
+
+    import keras_hub
+    from tflite_test_utils import assert_builtins_only, convert_archive
+
+    from edge.runners.language_modeling import generate_tokens
+    from export.tflite import TFLiteModel
+
+    model = _model()
+    flatbuffer = convert_archive(model.tflite_archive(), str(tmp_path / "sm"),
+                                 ["prefill", "decode"])
+    assert "DYNAMIC_UPDATE_SLICE" in assert_builtins_only(flatbuffer)
+    path = tmp_path / "lm.tflite"
+    path.write_bytes(flatbuffer)
+    tflite = TFLiteModel(str(path))
+    ids = _ids(batch=1, seq=7)
+    full = _numpy(model({"token_ids": ids}))[0]
+    padded = np.zeros((1, 11), "int32")
+    padded[0, :4] = ids[0, :4]
+    out = tflite("prefill", token_ids=padded, length=np.array(4, "int32"))
+    np.testing.assert_allclose(out["logits"][0], full[3], atol=1e-4)
+    cache = out["cache"]
+    for i in range(4, 7):
+        out = tflite("decode", token_ids=ids[:, i:i + 1], index=np.array(i, "int32"),
+                     cache=cache)
+        np.testing.assert_allclose(out["logits"][0], full[i], atol=1e-4)
+        cache = out["cache"]
+    prompt = [BOS, 5, 9]
+    edge = list(generate_tokens(functools.partial(tflite, "prefill"),
+                                functools.partial(tflite, "decode"), prompt, 11, 8, EOS,
+                                lambda logits: int(np.argmax(logits)), 12))
+    keras_ids = _numpy(model.generate(np.array([prompt], "int32"), np.ones((1, 3), bool), 8,
+                                      EOS, keras_hub.samplers.GreedySampler()))[0, 3:]
+    keras_ids = list(keras_ids)
+    assert edge == keras_ids[: len(edge)]
+    assert len(edge) == 8 or edge[-1] == EOS
