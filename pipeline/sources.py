@@ -130,6 +130,9 @@ def load_splits(cfg: DataConfig, artifacts_root: str = "artifacts",
     return splits
 
 
+READ_BATCH = 4096
+
+
 def tfds_data_dir(cfg: DataConfig, artifacts_root: str) -> str:
     if os.path.isabs(cfg.tfds_data_dir):
         return cfg.tfds_data_dir
@@ -153,17 +156,20 @@ def _load_wordnet_topics(cfg: DataConfig, artifacts_root: str, log) -> TextSplit
         # TFDS slicing reads only what a debug run keeps.
         spec = f"{split}[:{cfg.max_examples_per_split}]" if cfg.max_examples_per_split \
             else split
-        rows = tfds.as_numpy(builder.as_dataset(split=spec, shuffle_files=False))
+        # Read in batches: one example at a time reads ~5,000 examples/s.
+        batches = tfds.as_numpy(builder.as_dataset(split=spec, shuffle_files=False,
+                                                   batch_size=READ_BATCH))
         t, y = [], []
         progress = Progress("[data]", f"reading {split}",
                             builder.info.splits[split].num_examples, log=log)
-        for row in rows:
-            progress.update()
-            definition = row["definition"].decode("utf-8")
-            if cfg.include_lemmas:
-                definition = f"{row['lemmas'].decode('utf-8')}: {definition}"
-            t.append(definition)
-            y.append(row["label"])
+        for batch in batches:
+            progress.update(len(batch["label"]))
+            for lemmas, definition in zip(batch["lemmas"], batch["definition"]):
+                definition = definition.decode("utf-8")
+                if cfg.include_lemmas:
+                    definition = f"{lemmas.decode('utf-8')}: {definition}"
+                t.append(definition)
+            y.extend(batch["label"].tolist())
         # TFDS shuffles examples by key at prepare time: order is stable.
         texts[split] = np.array(t, dtype=object)
         labels[split] = np.array(y, dtype=np.int32)

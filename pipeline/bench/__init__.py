@@ -36,6 +36,7 @@ examples:
       --out-json /tmp/b.json --out-md /tmp/B.md
   python -m pipeline bench --repeats 7 --steps 10 --variants float32,int8
   python -m pipeline bench --quick --out-json /tmp/b.json --out-md /tmp/B.md   # tiny shape, ~1 min
+  python -m pipeline bench --generation configs/language_model.yaml   # text generation
 
 Run it on an otherwise idle machine: the load average at the start is written
 into the report, which says so when the machine was shared.
@@ -86,11 +87,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "no dropout) instead of our block's settings (gelu, pre-norm, "
                      "--dropout)")
     run.add_argument("--seed", type=int, default=0, help="seed of weights and data")
+    gen = parser.add_argument_group(
+        "text generation (pipeline/bench/generation.py): tokens/s and time to first token "
+        "of a trained language-model run, Keras without and with the cache, SavedModel, "
+        "each TFLite variant")
+    gen.add_argument("--generation", metavar="CONFIG",
+                     help="the language_modeling config of a trained, exported run "
+                     "(e.g. configs/language_model.yaml); the shape flags do not apply")
+    gen.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="config override of --generation's config (repeatable)")
+    gen.add_argument("--prompts", type=int, default=20, metavar="N",
+                     help="test prompts (default 20)")
+    gen.add_argument("--new-tokens", type=int, default=32, metavar="N",
+                     help="ids generated per prompt (default 32)")
     out = parser.add_argument_group("output")
-    out.add_argument("--out-json", default="docs/benchmarks.json",
-                     help="JSON results (default docs/benchmarks.json)")
-    out.add_argument("--out-md", default="docs/BENCHMARKS.md",
-                     help="markdown report (default docs/BENCHMARKS.md)")
+    out.add_argument("--out-json", default=None,
+                     help="JSON results (default docs/benchmarks.json; with --generation "
+                     "docs/generation_benchmarks.json)")
+    out.add_argument("--out-md", default=None,
+                     help="markdown report (default docs/BENCHMARKS.md; with --generation "
+                     "docs/GENERATION_BENCHMARKS.md)")
 
 
 def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> int:
@@ -98,6 +114,25 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     `argv` (the bench flags) is quoted in the report. Returns the exit code."""
     from pipeline.bench.settings import resolve
 
+    command = shlex.join(["python", "-m", "pipeline", "bench", *(argv or [])])
+    if args.generation:
+        from pipeline.bench.generation import run_generation_bench
+        from pipeline.config import ConfigError
+
+        if args.prompts < 1 or args.new_tokens < 1 or (args.repeats or 3) < 1:
+            print("error: --prompts, --new-tokens and --repeats must be >= 1",
+                  file=sys.stderr)
+            return 2
+        try:
+            return run_generation_bench(
+                args.generation, args.set, args.prompts, args.new_tokens, args.repeats or 3,
+                args.out_json or "docs/generation_benchmarks.json",
+                args.out_md or "docs/GENERATION_BENCHMARKS.md", command)
+        except (ConfigError, ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    args.out_json = args.out_json or "docs/benchmarks.json"
+    args.out_md = args.out_md or "docs/BENCHMARKS.md"
     try:
         s = resolve(args)
     except ValueError as err:
@@ -106,7 +141,6 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from pipeline.bench import report
     from pipeline.bench.measure import log, measure_all
 
-    command = shlex.join(["python", "-m", "pipeline", "bench", *(argv or [])])
     results = measure_all(s, command)
     text = report.format_summary(results)
     log(text)

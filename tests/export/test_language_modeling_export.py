@@ -216,3 +216,29 @@ def test_local_server_generates_through_rest_and_grpc(lm_run):
             assert out.outputs["text"][0].startswith("Never")
     finally:
         server.close()
+
+
+def test_generation_bench_measures_every_runtime(lm_run, tmp_path):
+    """`python -m pipeline bench --generation`: every case, ratios against Keras without
+    the cache, and the cached and TFLite greedy ids equal to the reference's."""
+    from pipeline.cli import main
+
+    cfg, _ = lm_run
+    out = tmp_path / "gen.json"
+    code = main(["bench", "--generation", "configs/language_model_debug.yaml",
+                 "--set", f"runtime.artifacts_root={cfg.runtime.artifacts_root}",
+                 "--set", f"data.tfds_data_dir={cfg.data.tfds_data_dir}",
+                 "--prompts", "3", "--new-tokens", "6", "--repeats", "1",
+                 "--out-json", str(out), "--out-md", str(tmp_path / "gen.md")])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert set(report["cases"]) == {"keras_no_cache", "keras_cache", "saved_model",
+                                    *(f"tflite_{v}" for v in VARIANTS)}
+    assert report["cases"]["keras_no_cache"]["ratio_vs_keras_no_cache"] == 1.0
+    for name, r in report["cases"].items():
+        assert r["tokens_per_second"] > 0, name
+        if name != "keras_no_cache":
+            assert r["time_to_first_token_ms"] > 0, name
+        if "greedy_ids_equal_reference" in r:
+            assert r["greedy_ids_equal_reference"] == 1.0, name
+    assert "| tflite_float32 |" in (tmp_path / "gen.md").read_text()
