@@ -371,6 +371,87 @@ class Translator(keras.Model):
         )
         return tokens
 
+    def beam_decode(self, source_ids, source_padding_mask, bos_id, eos_id,
+                    num_beams=4, length_penalty=0.6, max_length=None, pad_id=0):
+        """Beam search over a batch of sources: keras-hub's `BeamSampler`
+        (`next(prompt, cache, index)` over `decode_step`; the cache it
+        carries is `(self_cache, cross_cache, source_padding_mask)`, so
+        every beam has its own), with two additions it lacks:
+
+        - a beam that has emitted `eos_id` is frozen: its next id is
+          `pad_id` with probability 1, so its score stops changing;
+        - the finished beams are ranked by `log p / ((5 + n) / 6) **
+          length_penalty` (GNMT, Wu et al. 2016), `n` the ids up to and
+          including eos; 0 ranks by `log p` alone.
+
+        Args:
+            source_ids, source_padding_mask, bos_id, eos_id, max_length: as
+                in `greedy_decode`.
+            num_beams: int >= 1.
+            length_penalty: float >= 0.
+            pad_id: int, the id written after a beam's eos.
+
+        Returns:
+            int32 tensor `(batch, max_length)` in `greedy_decode`'s layout:
+            the best beam's ids after bos, eos included, 0 afterwards.
+        """
+        import keras_hub
+
+        max_length = self.max_target_length if max_length is None else max_length
+        if (not isinstance(max_length, int) or isinstance(max_length, bool)
+                or not 1 <= max_length <= self.max_target_length):
+            raise ValueError(
+                "`max_length` must be an int in [1, max_target_length="
+                f"{self.max_target_length}]. Received: max_length={max_length!r}"
+            )
+        check_positive_ints(num_beams=num_beams)
+        if not length_penalty >= 0:
+            raise ValueError(f"`length_penalty` must be >= 0. Received: {length_penalty}")
+        self._build_if_needed()
+        source_padding_mask = ops.cast(source_padding_mask, "bool")
+        batch_size = ops.shape(source_ids)[0]
+        cross_cache = self.encode(source_ids, source_padding_mask)
+        eos_id = ops.cast(eos_id, "int32")
+        # The buffer: bos at position 0 (kept), then max_length ids.
+        prompt = ops.concatenate([
+            ops.full((batch_size, 1), ops.cast(bos_id, "int32"), dtype="int32"),
+            ops.zeros((batch_size, max_length), dtype="int32")], axis=1)
+        mask = ops.concatenate([ops.ones((batch_size, 1), "bool"),
+                                ops.zeros((batch_size, max_length), "bool")], axis=1)
+        cache = (self.initial_self_cache(batch_size), cross_cache, source_padding_mask)
+        frozen = ops.log(ops.one_hot(pad_id, self.vocabulary_size) + 1e-30)  # (vocab,)
+
+        def next(prompt, cache, index):
+            self_cache, cross, padding = cache
+            token = ops.slice(prompt, [0, index - 1], [ops.shape(prompt)[0], 1])
+            logits, self_cache = self.decode_step(token, index - 1, self_cache, cross,
+                                                  padding)
+            # A beam whose ids so far (after bos) hold eos is finished.
+            positions = ops.arange(ops.shape(prompt)[1])[None, :]
+            done = ops.any(ops.logical_and(ops.equal(prompt, eos_id),
+                                           ops.logical_and(positions >= 1,
+                                                           positions < index)), axis=1)
+            logits = ops.where(done[:, None], ops.cast(frozen, logits.dtype)[None, :],
+                               logits)
+            return logits, None, (self_cache, cross, padding)
+
+        sampler = keras_hub.samplers.BeamSampler(num_beams=num_beams,
+                                                 return_all_beams=True)
+        beams, log_probs = sampler(next, prompt, cache=cache, index=1, mask=mask,
+                                   stop_token_ids=(eos_id,), model=self)
+        beams = beams[:, :, 1:]                                   # (batch, beams, T)
+        is_eos = ops.cast(ops.equal(beams, eos_id), "int32")
+        seen = ops.cumsum(is_eos, axis=-1)
+        # ids up to and including the first eos; the rest is padding.
+        keep = ops.logical_or(ops.equal(seen, 0),
+                              ops.logical_and(ops.equal(seen, 1), ops.equal(is_eos, 1)))
+        lengths = ops.sum(ops.cast(keep, "float32"), axis=-1)
+        scores = log_probs / ops.power((5.0 + lengths) / 6.0, length_penalty)
+        best = ops.argmax(scores, axis=-1)                          # (batch,)
+        tokens = ops.take_along_axis(ops.where(keep, beams, 0), best[:, None, None],
+                                     axis=1)
+        return ops.cast(ops.squeeze(tokens, axis=1), "int32")
+
     # -------------------------------------------------------------- export
     def tflite_archive(self, source_length=None):
         """A `keras.export.ExportArchive` with the endpoints `encode` and

@@ -264,6 +264,11 @@ class GenerateConfig:
     # ("" = from the start of a text).
     prompts: list[str] = field(default_factory=lambda: [
         "", "The secret of", "Love is", "A computer", "Never"])
+    # translation: beam search on the test split (beside greedy) and in the
+    # edge app's --beams default: beams (1 = greedy only) and the GNMT
+    # length penalty alpha (0 = rank by log-probability alone).
+    num_beams: int = 4
+    length_penalty: float = 0.6
 
 
 @dataclass

@@ -209,17 +209,25 @@ def _parse_rows(path: str, fmt: str, text_col: str, label_col: str):
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             for col, key in ((text_col, "text_column"), (label_col, "label_column")):
-                if col not in header:
+                if col is not None and col not in header:
                     raise DataError(
                         f"{path}: row 1 (header): missing column '{col}' "
                         f"(data.{key}); columns are "
                         f"[{', '.join(_brief(c, 40) for c in header[:20])}"
                         f"{', ...' if len(header) > 20 else ''}]")
             for number, row in enumerate(reader, 2):
-                if row.get(text_col) is None or row.get(label_col) is None:
+                if row.get(text_col) is None or (label_col is not None
+                                                 and row.get(label_col) is None):
                     raise DataError(f"{path}: row {number}: missing value for "
-                                    f"'{text_col}' or '{label_col}'")
-                yield number, row[text_col], row[label_col].strip()
+                                    f"'{text_col}'" + (f" or '{label_col}'" if label_col
+                                                       else ""))
+                yield number, row[text_col], ("" if label_col is None
+                                              else row[label_col].strip())
+        elif fmt == "text":
+            for number, line in enumerate(f, 1):
+                line = line.rstrip("\r\n")
+                if line.strip():
+                    yield number, line, ""
         else:
             for number, line in enumerate(f, 1):
                 if not line.strip():
@@ -237,12 +245,15 @@ def _parse_rows(path: str, fmt: str, text_col: str, label_col: str):
                 if not isinstance(row, dict):
                     raise DataError(f"{path}: row {number}: expected a JSON object")
                 for col in (text_col, label_col):
-                    if col not in row:
+                    if col is not None and col not in row:
                         raise DataError(f"{path}: row {number}: missing column '{col}'")
                 text = row[text_col]
                 if not isinstance(text, str):
                     raise DataError(f"{path}: row {number}: column '{text_col}' "
                                     f"must be a string, got {type(text).__name__}")
+                if label_col is None:
+                    yield number, text, ""
+                    continue
                 label = row[label_col]
                 if isinstance(label, bool) or not isinstance(label, (str, int)):
                     raise DataError(f"{path}: row {number}: column '{label_col}' must be "
@@ -254,22 +265,48 @@ def _brief(text: str, limit: int) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
-def _load_files(cfg: DataConfig) -> TextSplits:
-    fmt = cfg.source
+def _split_rows(cfg: DataConfig, label_col: str | None) -> dict[str, list[tuple]]:
+    """(path, row number, text, label) of every row, by split: the split's own
+    file, else a stable hash split of the train file (pipeline.files.hash_split)."""
     rows = {s: [] for s in SPLITS}
     paths = {"train": cfg.train_path, "validation": cfg.validation_path,
              "test": cfg.test_path}
     for split, path in paths.items():
         if not path:
             continue
-        for number, text, label in _read_rows(path, fmt, cfg.text_column,
-                                              cfg.label_column):
+        for number, text, label in _read_rows(path, cfg.source, cfg.text_column, label_col):
             target = split
             if split == "train" and not (cfg.validation_path and cfg.test_path):
                 target = hash_split(text)
                 if target != "train" and paths[target]:
                     target = "train"
             rows[target].append((path, number, text, label))
+    return rows
+
+
+def load_texts(cfg: DataConfig) -> dict[str, list[str]]:
+    """A user's own unlabeled corpus (language modeling), by split: "csv" and
+    "jsonl" rows' `data.text_column`, or "text" files with one text per
+    non-empty line; files per split, or a stable 80/10/10 hash split of
+    `data.train_path`. Raises DataError naming the file and row."""
+    if cfg.source not in ("csv", "jsonl", "text"):
+        raise DataError(f"config key 'data.source' = {cfg.source!r}: a corpus is read "
+                        "from 'csv', 'jsonl' or 'text' files")
+    if not cfg.train_path:
+        raise DataError("config key 'data.train_path' is empty: name the corpus file")
+    rows = _split_rows(cfg, None)
+    texts = {s: [r[2] for r in rows[s]] for s in SPLITS}
+    if cfg.max_examples_per_split:
+        texts = {s: t[: cfg.max_examples_per_split] for s, t in texts.items()}
+    for s in SPLITS:
+        if not texts[s]:
+            raise DataError(f"{cfg.source} {cfg.train_path}: split '{s}' has no texts")
+    return texts
+
+
+def _load_files(cfg: DataConfig) -> TextSplits:
+    fmt = cfg.source
+    rows = _split_rows(cfg, cfg.label_column)
     names = list(cfg.labels) or sorted({r[3] for r in rows["train"]})
     index = {n: i for i, n in enumerate(names)}
     texts, labels = {}, {}

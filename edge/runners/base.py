@@ -36,6 +36,17 @@ class RuntimeMissingError(Exception):
     """No TFLite runtime that can run this bundle is installed."""
 
 
+def positive_int(value: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def _require(cond: bool, msg: str) -> None:
     if not cond:
         raise BundleError(msg)

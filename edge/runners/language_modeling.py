@@ -36,6 +36,7 @@ from .base import (
     Runner,
     SentencePieceTokenizer,
     _require,
+    positive_int,
     preview,
     register_runner,
     valid_text,
@@ -170,14 +171,14 @@ class LanguageModelRunner(Runner):
 
     @classmethod
     def add_arguments(cls, parser) -> None:
-        parser.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+        parser.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N",
                             help="ids to generate at most (default: the manifest's)")
         parser.add_argument("--sampling", type=_strategy, default=None,
                             metavar="{" + ",".join(STRATEGIES) + "}",
                             help="sampling strategy (default: the manifest's)")
         parser.add_argument("--temperature", type=float, default=None, metavar="T",
                             help="softmax temperature; <= 0 is greedy")
-        parser.add_argument("--top-k-tokens", type=int, default=None, metavar="K",
+        parser.add_argument("--top-k-tokens", type=positive_int, default=None, metavar="K",
                             help="top_k sampling: the K most likely tokens")
         parser.add_argument("--top-p", type=float, default=None, metavar="P",
                             help="top_p (nucleus) sampling: the smallest set of mass P")

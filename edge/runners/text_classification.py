@@ -7,7 +7,6 @@ pad_id, input_name, output_name.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -20,22 +19,13 @@ from .base import (
     Runner,
     SentencePieceTokenizer,
     _require,
+    positive_int,
     preview,
     read_lines,
     register_runner,
 )
 
 SIGNATURE_KEY = "serving_default"
-
-
-def positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
 
 
 def _signature_key(details: dict, name: str | None, kind: str) -> str:

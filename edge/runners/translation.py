@@ -31,6 +31,7 @@ from .base import (
     Runner,
     SentencePieceTokenizer,
     _require,
+    positive_int,
     preview,
     register_runner,
 )
@@ -85,6 +86,56 @@ def greedy_decode(encode: Signature, decode: Signature, source_ids: np.ndarray,
     return np.array(generated, dtype=np.int32)
 
 
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def beam_decode(encode: Signature, decode: Signature, source_ids: np.ndarray,
+                self_cache_shape: Sequence[int], bos_id: int, eos_id: int,
+                max_length: int, pad_id: int = 0, num_beams: int = 4,
+                length_penalty: float = 0.6) -> np.ndarray:
+    """Beam search of one source with the `encode` and `decode` signatures: the search of
+    `models.Translator.beam_decode`, batch 1, one `decode` call per live beam and step.
+
+    Each step extends every live beam by its `num_beams` most likely ids and keeps the
+    `num_beams` best sums of log-probabilities; a beam that emitted `eos_id` is kept as it
+    is. When every kept beam has ended (or after `max_length` ids) the beam with the best
+    `log p / ((5 + n) / 6) ** length_penalty` wins, `n` its ids (eos included).
+
+    Returns:
+        int32 (n,): the best beam's ids after bos, eos included when it was emitted.
+    """
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    source_ids = np.asarray(source_ids, dtype=np.int32).reshape(1, -1)
+    padding_mask = (source_ids != pad_id).astype(np.int32)
+    cross_cache = encode(source_ids=source_ids,
+                         source_padding_mask=padding_mask)["cross_cache"]
+    # (score, ids, self_cache, finished)
+    beams = [(0.0, [], np.zeros(tuple(self_cache_shape), dtype=np.float32), False)]
+    for index in range(max_length):
+        candidates = []
+        for score, ids, cache, finished in beams:
+            if finished:
+                candidates.append((score, ids, cache, True))
+                continue
+            token = np.full((1, 1), ids[-1] if ids else bos_id, dtype=np.int32)
+            out = decode(token_ids=token, index=np.array(index, dtype=np.int32),
+                         self_cache=cache, cross_cache=cross_cache,
+                         source_padding_mask=padding_mask)
+            log_p = _log_softmax(out["logits"][0])
+            for next_id in np.argsort(-log_p, kind="stable")[:num_beams]:
+                candidates.append((score + float(log_p[next_id]), ids + [int(next_id)],
+                                   out["self_cache"], int(next_id) == eos_id))
+        beams = sorted(candidates, key=lambda c: -c[0])[:num_beams]
+        if all(finished for *_, finished in beams):
+            break
+    best = max(beams, key=lambda b: b[0] / ((5.0 + len(b[1])) / 6.0) ** length_penalty)
+    return np.array(best[1], dtype=np.int32)
+
+
 def detokenize(processor, ids: Sequence[int], eos_id: int,
                special_ids: Sequence[int]) -> str:
     """The text of generated ids: the ids before the first eos, special ids dropped."""
@@ -104,14 +155,30 @@ def format_translation(result: dict[str, Any]) -> str:
 class TranslationRunner(Runner):
     """run(text) -> {"text", "translation", "token_ids", "latency_ms"}.
 
+    Decoding is greedy, or beam search with `--beams N` (N > 1; the manifest's
+    `num_beams` and `length_penalty` are the defaults of the library options
+    `beams` and `length_penalty`).
+
     `token_ids` are the generated ids (eos included when emitted). Library extras:
     translate(texts), tokenize(text), generate(source_ids), max_source_length,
     max_target_length.
     """
 
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        parser.add_argument("--beams", type=positive_int, default=None, metavar="N",
+                            help="beam search with N beams (1 = greedy, the default)")
+
     def __init__(self, bundle_dir: str | os.PathLike, manifest: Manifest,
                  num_threads: int | None = None, options: Mapping[str, Any] | None = None):
         super().__init__(bundle_dir, manifest, num_threads, options)
+        beams = self.options.get("beams")
+        self.num_beams = 1 if beams is None else beams
+        if type(self.num_beams) is not int or self.num_beams < 1:
+            raise ValueError(f"beams must be an integer >= 1, got {beams!r}")
+        penalty = self.options.get("length_penalty")
+        self.length_penalty = float(manifest.raw.get("length_penalty", 0.6)
+                                    if penalty is None else penalty)
         self.tokenizer = SentencePieceTokenizer.from_manifest(
             self.path, manifest, length_key="max_source_length")
         self.processor = self.tokenizer.processor
@@ -165,7 +232,12 @@ class TranslationRunner(Runner):
         return self.tokenizer(text)
 
     def generate(self, source_ids: np.ndarray) -> np.ndarray:
-        """The greedy ids of padded source ids (see `greedy_decode`)."""
+        """The ids of padded source ids: greedy (`greedy_decode`) or, with beams > 1,
+        beam search (`beam_decode`)."""
+        if self.num_beams > 1:
+            return beam_decode(self.encoder, self.decoder, source_ids, self.self_cache_shape,
+                               self.bos_id, self.eos_id, self.max_target_length,
+                               self.tokenizer.pad_id, self.num_beams, self.length_penalty)
         return greedy_decode(self.encoder, self.decoder, source_ids, self.self_cache_shape,
                              self.bos_id, self.eos_id, self.max_target_length,
                              self.tokenizer.pad_id)

@@ -191,4 +191,7 @@ class TranslationExport(ExportModule):
                 "max_text_bytes": max_text_bytes(self.max_source_length),
                 "pad_id": PAD_ID, "bos_id": BOS_ID, "eos_id": EOS_ID,
                 "special_ids": list(special_ids()),
-                "decoding": "greedy"}
+                "decoding": "greedy",
+                # the edge app's beam search (--beams N) ranks finished beams so
+                "num_beams": self.cfg.generate.num_beams,
+                "length_penalty": self.cfg.generate.length_penalty}

@@ -36,7 +36,8 @@ examples:
       --out-json /tmp/b.json --out-md /tmp/B.md
   python -m pipeline bench --repeats 7 --steps 10 --variants float32,int8
   python -m pipeline bench --quick --out-json /tmp/b.json --out-md /tmp/B.md   # tiny shape, ~1 min
-  python -m pipeline bench --generation configs/language_model.yaml   # text generation
+  python -m pipeline bench --generation configs/language_model.yaml   # decoding speed
+  python -m pipeline bench --generation configs/translation.yaml
 
 Run it on an otherwise idle machine: the load average at the start is written
 into the report, which says so when the machine was shared.
@@ -88,25 +89,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "--dropout)")
     run.add_argument("--seed", type=int, default=0, help="seed of weights and data")
     gen = parser.add_argument_group(
-        "text generation (pipeline/bench/generation.py): tokens/s and time to first token "
-        "of a trained language-model run, Keras without and with the cache, SavedModel, "
-        "each TFLite variant")
+        "decoding (pipeline/bench/generation.py): tokens/s and time to first token of a "
+        "trained language-model or translation run, Keras without and with the cache, "
+        "SavedModel, each TFLite variant")
     gen.add_argument("--generation", metavar="CONFIG",
-                     help="the language_modeling config of a trained, exported run "
-                     "(e.g. configs/language_model.yaml); the shape flags do not apply")
+                     help="the language_modeling or translation config of a trained, "
+                     "exported run (e.g. configs/language_model.yaml, "
+                     "configs/translation.yaml); the shape flags do not apply")
     gen.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="config override of --generation's config (repeatable)")
     gen.add_argument("--prompts", type=int, default=20, metavar="N",
-                     help="test prompts (default 20)")
+                     help="test prompts or sentences (default 20)")
     gen.add_argument("--new-tokens", type=int, default=32, metavar="N",
-                     help="ids generated per prompt (default 32)")
+                     help="ids generated per input (default 32; at most the model's "
+                     "room)")
     out = parser.add_argument_group("output")
     out.add_argument("--out-json", default=None,
                      help="JSON results (default docs/benchmarks.json; with --generation "
-                     "docs/generation_benchmarks.json)")
+                     "docs/generation_benchmarks.json or docs/translation_benchmarks.json)")
     out.add_argument("--out-md", default=None,
                      help="markdown report (default docs/BENCHMARKS.md; with --generation "
-                     "docs/GENERATION_BENCHMARKS.md)")
+                     "docs/GENERATION_BENCHMARKS.md or docs/TRANSLATION_BENCHMARKS.md)")
 
 
 def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> int:
@@ -126,8 +129,7 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         try:
             return run_generation_bench(
                 args.generation, args.set, args.prompts, args.new_tokens, args.repeats or 3,
-                args.out_json or "docs/generation_benchmarks.json",
-                args.out_md or "docs/GENERATION_BENCHMARKS.md", command)
+                args.out_json, args.out_md, command)
         except (ConfigError, ValueError, FileNotFoundError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

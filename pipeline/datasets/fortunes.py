@@ -216,9 +216,11 @@ def entry_lengths(texts: list[str]) -> dict:
             "lines_p50_p95_max": stats([t.count("\n") + 1 for t in texts])}
 
 
-def data_card(splits: dict[str, list[tuple[str, str]]], source: str = DEFAULT_PATH) -> dict:
-    """Entries and length statistics per split, entries per category and split."""
-    card = {"source": source, "splits": {}, "categories": {}}
+def data_card(splits: dict[str, list[tuple[str, str]]], source: str = DEFAULT_PATH,
+              name: str = "fortunes") -> dict:
+    """Entries and length statistics per split, entries per category and split
+    (also the card of a user's own corpus: `name` its format, one category)."""
+    card = {"name": name, "source": source, "splits": {}, "categories": {}}
     counts = {split: collections.Counter(c for c, _ in rows) for split, rows in splits.items()}
     for split, rows in splits.items():
         card["splits"][split] = {"entries": len(rows),
@@ -230,7 +232,7 @@ def data_card(splits: dict[str, list[tuple[str, str]]], source: str = DEFAULT_PA
 
 def format_data_card(card: dict) -> str:
     splits = card["splits"]
-    lines = [f"Data card: fortunes ({card['source']})"]
+    lines = [f"Data card: {card.get('name', 'fortunes')} ({card['source']})"]
     for split, row in splits.items():
         lines.append(f"  {split:<10} {row['entries']:>7,} entries  "
                      f"chars p50/p95/max {row['chars_p50_p95_max']}  "

@@ -2,7 +2,9 @@
 
 Data: the TFDS builder `fortunes` over the Debian package `fortunes`
 (`pipeline/datasets/fortunes.py`: one example per fortune, split by a stable
-hash of its text). Assets: a SentencePiece model trained on the train split
+hash of its text), or a corpus of the user's own (`data.source` "csv" or
+"jsonl" with `data.text_column`, or "text": one text per non-empty line;
+`pipeline.sources.load_texts`). Assets: a SentencePiece model trained on the train split
 only. Every text becomes `[bos] tokens [eos]`, its tokens cut at
 `model.max_sequence_length - 1`, so a text and its end fit one sequence of
 `max_sequence_length + 1` ids.
@@ -57,8 +59,9 @@ class LanguageModelingTask(Task):
         from models.causal_lm import SAMPLERS
 
         g = cfg.generate
-        check(cfg.data.source == "fortunes", "data.source", cfg.data.source,
-              "'fortunes' for task 'language_modeling'")
+        check(cfg.data.source in ("fortunes", "csv", "jsonl", "text"), "data.source",
+              cfg.data.source, "'fortunes', or 'csv', 'jsonl' or 'text' (a corpus of your "
+              "own, data.train_path) for task 'language_modeling'")
         check(not cfg.pretrain.enabled, "pretrain.enabled", cfg.pretrain.enabled,
               "false for task 'language_modeling'")
         check(cfg.model.max_sequence_length >= 4, "model.max_sequence_length",
@@ -84,20 +87,35 @@ class LanguageModelingTask(Task):
 
     # --------------------------------------------------------------- data
     def prepare(self, strategy=None) -> None:
-        """The TFDS data set (prepared once), its data card, the tokenizer."""
-        import tensorflow_datasets as tfds
-
-        from pipeline.datasets.fortunes import (
-            Fortunes,
-            data_card,
-            format_data_card,
-            fortune_files,
-        )
-        from pipeline.sources import tfds_data_dir
+        """The data (the TFDS fortunes builder, prepared once, or the user's
+        own csv/jsonl/text corpus), its data card, the tokenizer."""
+        from pipeline.datasets.fortunes import data_card, format_data_card
         from pipeline.tokenizer import train_sentencepiece
 
         if self.texts is not None:
             return
+        cfg, log = self.cfg, self.log
+        if cfg.data.source == "fortunes":
+            rows_of = self._read_fortunes()
+            card = data_card(rows_of, cfg.data.fortunes_path)
+        else:
+            from pipeline.sources import load_texts
+
+            texts = load_texts(cfg.data)
+            rows_of = {split: [("corpus", t) for t in texts[split]] for split in SPLITS}
+            card = data_card(rows_of, cfg.data.train_path, name=f"{cfg.data.source} corpus")
+        self.texts = {split: [text for _, text in rows_of[split]] for split in SPLITS}
+        write_json(self.path("data_card.json"), card)
+        log(format_data_card(card))
+        self.tokenizer_path = train_sentencepiece(
+            self.texts["train"], cfg.tokenizer, self.path("tokenizer"), log=log)
+
+    def _read_fortunes(self) -> dict[str, list[tuple[str, str]]]:
+        import tensorflow_datasets as tfds
+
+        from pipeline.datasets.fortunes import Fortunes, fortune_files
+        from pipeline.sources import tfds_data_dir
+
         cfg, log = self.cfg, self.log
         d = cfg.data
         fortune_files(d.fortunes_path)  # a missing package: the apt-get command
@@ -107,19 +125,14 @@ class LanguageModelingTask(Task):
         log(f"[data] preparing TFDS fortunes from {d.fortunes_path} into "
             f"{builder.data_dir} (cached after the first run)")
         builder.download_and_prepare()
-        self.texts, rows_of = {}, {}
+        rows_of = {}
         for split in SPLITS:
             spec = f"{split}[:{d.max_examples_per_split}]" if d.max_examples_per_split \
                 else split
             rows = tfds.as_numpy(builder.as_dataset(split=spec, shuffle_files=False))
             rows_of[split] = [(row["category"].decode("utf-8"), row["text"].decode("utf-8"))
                               for row in rows]
-            self.texts[split] = [text for _, text in rows_of[split]]
-        card = data_card(rows_of, d.fortunes_path)
-        write_json(self.path("data_card.json"), card)
-        log(format_data_card(card))
-        self.tokenizer_path = train_sentencepiece(
-            self.texts["train"], cfg.tokenizer, self.path("tokenizer"), log=log)
+        return rows_of
 
     def num_examples(self, split: str) -> int:
         """Texts of a split; for "train", the packed rows of one epoch."""

@@ -8,9 +8,10 @@ English sides only. Model: `models.Translator` (a `TransformerEncoderBackbone`
 and a stack of `TransformerDecoder` blocks with cross-attention). Loss:
 teacher forcing, label-smoothed cross-entropy over the real target tokens.
 Metrics: validation BLEU of greedy decoding (picks the best checkpoint),
-token accuracy and loss; test corpus BLEU and chrF (sacrebleu) beside two
-baselines on the same split: copying the source, and word-by-word
-translation with the dictionary's single-word entries.
+token accuracy and loss; test corpus BLEU and chrF (sacrebleu) of greedy
+decoding and of beam search (`generate.num_beams`, `generate.length_penalty`;
+`Translator.beam_decode`) beside two baselines on the same split: copying the
+source, and word-by-word translation with the dictionary's single-word entries.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class TranslationTask(Task):
               "false for task 'translation' (no masked-LM pre-training yet)")
         check(cfg.model.max_sequence_length >= 4, "model.max_sequence_length",
               cfg.model.max_sequence_length, ">= 4 for task 'translation'")
+        check(cfg.generate.num_beams >= 1, "generate.num_beams", cfg.generate.num_beams,
+              ">= 1 (1 = greedy only)")
+        check(cfg.generate.length_penalty >= 0, "generate.length_penalty",
+              cfg.generate.length_penalty, ">= 0")
 
     def __init__(self, cfg, log=print):
         super().__init__(cfg, log)
@@ -223,11 +228,33 @@ class TranslationTask(Task):
 
         from pipeline.tokenizer import BOS_ID, EOS_ID
 
-        if id(model) not in self._decode:
-            self._decode = {id(model): tf.function(
-                lambda ids, mask: model.greedy_decode(ids, mask, BOS_ID, EOS_ID))}
-        return self._decode[id(model)](inputs["source_ids"],
-                                       inputs["source_padding_mask"]).numpy()
+        key = ("greedy", id(model))
+        if key not in self._decode:
+            self._forget_other_models(model)
+            self._decode[key] = tf.function(
+                lambda ids, mask: model.greedy_decode(ids, mask, BOS_ID, EOS_ID))
+        return self._decode[key](inputs["source_ids"], inputs["source_padding_mask"]).numpy()
+
+    def _forget_other_models(self, model):
+        """Compiled decoders hold their model: keep only this model's."""
+        self._decode = {k: v for k, v in self._decode.items() if k[1] == id(model)}
+
+
+    def beam(self, model, inputs) -> np.ndarray:
+        """Beam-search translations (`generate.num_beams`,
+        `generate.length_penalty`) of a batch, in `greedy`'s layout."""
+        import tensorflow as tf
+
+        from pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+        g = self.cfg.generate
+        key = ("beam", id(model))
+        if key not in self._decode:
+            self._forget_other_models(model)
+            self._decode[key] = tf.function(
+                lambda ids, mask: model.beam_decode(ids, mask, BOS_ID, EOS_ID, g.num_beams,
+                                                    g.length_penalty, pad_id=PAD_ID))
+        return self._decode[key](inputs["source_ids"], inputs["source_padding_mask"]).numpy()
 
     def validation_step(self, model, inputs, targets):
         import keras
@@ -282,6 +309,19 @@ class TranslationTask(Task):
                                 "model": hypotheses[i]} for i in range(10)]}
         log(f"[test] model BLEU {metrics['bleu']:.2f} chrF {metrics['chrf']:.2f} on "
             f"{len(hypotheses):,} sentences (greedy, {time.time() - start:.1f}s)")
+        g = self.cfg.generate
+        if g.num_beams > 1:
+            start = time.time()
+            beams = [text for inputs, _ in data
+                     for text in self.detokenize(self.beam(model, inputs))]
+            metrics["beam"] = {**corpus_scores(beams, test["en"]),
+                               "num_beams": g.num_beams,
+                               "length_penalty": g.length_penalty}
+            for i, sample in enumerate(metrics["samples"]):
+                sample["model_beam"] = beams[i]
+            log(f"[test] model BLEU {metrics['beam']['bleu']:.2f} chrF "
+                f"{metrics['beam']['chrf']:.2f} (beam search, {g.num_beams} beams, length "
+                f"penalty {g.length_penalty:g}, {time.time() - start:.1f}s)")
         result = {"test": metrics, "text": "German -> English (trans_de_en)",
                   "reference": hypotheses}
         if baseline:
@@ -303,6 +343,11 @@ class TranslationTask(Task):
         lines.append(f"  test BLEU {test['bleu']:.2f}  chrF {test['chrf']:.2f}   "
                      f"(Transformer, greedy, {metrics['training']['parameters']:,} "
                      "parameters)")
+        if "beam" in test:
+            b = test["beam"]
+            lines.append(f"  test BLEU {b['bleu']:.2f}  chrF {b['chrf']:.2f}   "
+                         f"(Transformer, beam search: {b['num_beams']} beams, length "
+                         f"penalty {b['length_penalty']:g})")
         for name, b in metrics.get("baselines", {}).items():
             lines.append(f"  test BLEU {b['bleu']:.2f}  chrF {b['chrf']:.2f}   "
                          f"(baseline: {name.replace('_', ' ')})")

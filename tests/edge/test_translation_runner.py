@@ -200,3 +200,22 @@ def test_clean_venv_runs_the_translation_bundle(bundle_dir, expected, edge_venv,
     results = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["translation"] for r in results] == expected["translations"]
     assert [r["token_ids"] for r in results] == expected["token_ids"]
+
+
+@pytest.mark.slow
+def test_beam_search_from_the_cli(bundle_dir, translation_trained):
+    """--beams N runs the numpy beam search over the bundle: one beam is greedy; the
+    manifest carries the config's length penalty; a bad value is a usage error."""
+    manifest = json.loads((bundle_dir / "manifest.json").read_text(encoding="utf-8"))
+    task, _ = translation_trained
+    assert manifest["num_beams"] == task.cfg.generate.num_beams
+    assert manifest["length_penalty"] == task.cfg.generate.length_penalty
+    greedy = run_app("--bundle", bundle_dir, "--json", *SENTENCES[:2])
+    one = run_app("--bundle", bundle_dir, "--json", "--beams", "1", *SENTENCES[:2])
+    three = run_app("--bundle", bundle_dir, "--json", "--beams", "3", *SENTENCES[:2])
+    assert greedy.returncode == one.returncode == three.returncode == 0, three.stderr
+    ids = [[json.loads(line)["token_ids"] for line in p.stdout.splitlines()]
+           for p in (greedy, one, three)]
+    assert ids[0] == ids[1] and len(ids[2]) == 2
+    bad = run_app("--bundle", bundle_dir, "--beams", "0", "x")
+    assert bad.returncode == 2 and "--beams" in bad.stderr

@@ -190,3 +190,30 @@ def test_bundle_manifest(translation_run):
     decode = manifest["signatures"]["decode"]
     assert decode["inputs"]["self_cache"]["shape"] == [1, 1, 2, 24, 2, 16]
     assert manifest["variant"] in VARIANTS and "bleu" in manifest
+
+
+def test_beam_search_is_measured_beside_greedy(translation_run):
+    cfg, metrics = translation_run
+    beam = metrics["test"]["beam"]
+    assert beam["num_beams"] == cfg.generate.num_beams > 1
+    assert 0.0 <= beam["bleu"] <= 100.0 and 0.0 <= beam["chrf"] <= 100.0
+    assert all("model_beam" in s for s in metrics["test"]["samples"])
+
+
+def test_decoding_bench_of_a_translator(translation_run, tmp_path):
+    from pipeline.cli import main
+
+    cfg, _ = translation_run
+    out = tmp_path / "t.json"
+    assert main(["bench", "--generation", "configs/translation_debug.yaml",
+                 "--set", f"runtime.artifacts_root={cfg.runtime.artifacts_root}",
+                 "--set", f"data.tfds_data_dir={cfg.data.tfds_data_dir}",
+                 "--prompts", "3", "--new-tokens", "5", "--repeats", "1",
+                 "--out-json", str(out), "--out-md", str(tmp_path / "t.md")]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["cases"]) == {"keras_no_cache", "keras_cache", "saved_model",
+                                    *(f"tflite_{v}" for v in VARIANTS)}
+    for name, r in report["cases"].items():
+        assert r["tokens_per_second"] > 0, name
+        if "greedy_ids_equal_reference" in r:
+            assert r["greedy_ids_equal_reference"] == 1.0, name

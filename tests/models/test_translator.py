@@ -466,3 +466,89 @@ def test_tflite_encode_decode_greedy_loop_matches_keras(tmp_path, tie_embeddings
             break
     tokens += [0] * (SMALL["max_target_length"] - len(tokens))
     np.testing.assert_array_equal(tokens, expected_tokens[0])
+
+
+# ----------------------------------------------------------------- beam search
+
+
+def _sequence_scores(model, source_ids, source_mask, candidates, eos_id):
+    """Teacher-forced log p of each candidate (ids after bos, eos-terminated or
+    max-length), for one source."""
+    scores = []
+    for ids in candidates:
+        target = np.array([[BOS] + list(ids)], "int32")
+        logits = _numpy(model({"source_ids": source_ids, "source_padding_mask": source_mask,
+                               "target_ids": target[:, :-1],
+                               "target_padding_mask": np.ones_like(target[:, :-1])}))[0]
+        log_p = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
+            -1, keepdims=True)) - logits.max(-1, keepdims=True)
+        scores.append(sum(log_p[i, t] for i, t in enumerate(ids)))
+    return np.array(scores)
+
+
+def test_one_beam_is_greedy_and_beams_never_score_below_greedy():
+    model = _model(**VARIED)
+    source_ids, source_mask = _sources()
+    greedy = _numpy(model.greedy_decode(source_ids, source_mask, BOS, EOS))
+    one = _numpy(model.beam_decode(source_ids, source_mask, BOS, EOS, num_beams=1))
+    np.testing.assert_array_equal(one, greedy)
+    beam = _numpy(model.beam_decode(source_ids, source_mask, BOS, EOS, num_beams=4,
+                                    length_penalty=0.0))
+    for row in range(len(source_ids)):
+        cut = [list(r[: list(r).index(EOS) + 1] if EOS in r else r)
+               for r in (greedy[row], beam[row])]
+        g, b = _sequence_scores(model, source_ids[row:row + 1], source_mask[row:row + 1],
+                                cut, EOS)
+        assert b >= g - 1e-4, row
+        assert (beam[row][len(cut[1]):] == 0).all()      # padding after eos
+
+
+def test_wide_beam_finds_the_exhaustive_best_sequence():
+    """With as many beams as there are prefixes, beam search (no length penalty) is
+    exhaustive: it returns the most likely sequence of all."""
+    import itertools
+
+    vocab, length, eos = 5, 3, 2
+    model = models.Translator(**{**SMALL, **VARIED, "vocabulary_size": vocab,
+                                 "max_target_length": length})
+    keras.utils.set_random_seed(3)
+    model.set_weights([w * 4.0 if w.ndim >= 2 else w for w in model.get_weights()])
+    source_ids, source_mask = _sources(batch_size=1)
+    source_ids = np.minimum(source_ids, vocab - 1)
+    candidates = []
+    for n in range(1, length + 1):
+        for ids in itertools.product(range(vocab), repeat=n):
+            if (eos in ids[:-1]) or (n < length and ids[-1] != eos):
+                continue
+            candidates.append(ids)
+    scores = _sequence_scores(model, source_ids, source_mask, candidates, eos)
+    best = list(candidates[int(np.argmax(scores))])
+    beam = _numpy(model.beam_decode(source_ids, source_mask, BOS, eos,
+                                    num_beams=vocab ** (length - 1), length_penalty=0.0))
+    assert list(beam[0][: len(best)]) == best
+
+
+def test_edge_numpy_beam_search_equals_keras_through_tflite(tmp_path):
+    import functools
+
+    from edge.runners.translation import beam_decode
+    from export.tflite import TFLiteModel
+
+    model = _model(**VARIED)
+    length = SMALL["max_source_length"]
+    source_ids, source_mask = _sources(batch_size=3, seq=length)
+    flatbuffer = convert_archive(model.tflite_archive(), tmp_path / "saved_model",
+                                 TFLITE_SIGNATURES)
+    path = tmp_path / "t.tflite"
+    path.write_bytes(flatbuffer)
+    tflite = TFLiteModel(str(path))
+    cache_shape = (1, 2, 2, SMALL["max_target_length"], 2, HEAD_DIM)
+    keras_beams = _numpy(model.beam_decode(source_ids, source_mask, BOS, EOS, num_beams=3,
+                                           length_penalty=0.6))
+    for row in range(len(source_ids)):
+        edge = beam_decode(functools.partial(tflite, "encode"),
+                           functools.partial(tflite, "decode"), source_ids[row], cache_shape,
+                           BOS, EOS, SMALL["max_target_length"], num_beams=3,
+                           length_penalty=0.6)
+        expected = list(keras_beams[row][: len(edge)])
+        assert list(edge) == expected and (keras_beams[row][len(edge):] == 0).all(), row

@@ -1,26 +1,19 @@
 """notebooks/train.ipynb: committed without outputs; runs top to bottom on the debug config."""
 
-import json
 import os
 import re
-import sys
 
-import nbformat
 import pytest
 
 from tests.conftest import ROOT
+from tests.notebooks.conftest import code_source, outputs_of
+from tests.notebooks.conftest import read_notebook as read_notebook_at
 
 NOTEBOOK = os.path.join(ROOT, "notebooks", "train.ipynb")
 
 
 def read_notebook():
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    nbformat.validate(notebook)
-    return notebook
-
-
-def code_source(notebook):
-    return "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
+    return read_notebook_at(NOTEBOOK)
 
 
 def test_notebook_is_committed_without_outputs():
@@ -46,36 +39,6 @@ def test_notebook_uses_the_pipeline_and_defines_no_model_code():
     # The constant chooses the experiment; the full one unless DEBUG is switched on.
     assert re.search(r"^DEBUG = False$", source, re.MULTILINE)
     assert "configs/text_classification_debug.yaml" in source
-
-
-@pytest.fixture
-def kernel_name(tmp_path, monkeypatch):
-    """A kernelspec for this interpreter (the venv), found through JUPYTER_PATH.
-
-    Works in a fresh clone with no `jupyter kernelspec install` step, and does
-    not depend on whatever `python3` kernel the user has installed.
-    """
-    name = "pipeline-tests"
-    directory = tmp_path / "jupyter" / "kernels" / name
-    directory.mkdir(parents=True)
-    (directory / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "pipeline tests (venv)", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    return name
-
-
-def outputs_of(notebook):
-    texts, images = [], 0
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            if output.output_type == "stream":
-                texts.append(output.text)
-            elif output.output_type in ("display_data", "execute_result"):
-                images += "image/png" in output.data
-                texts.append(output.data.get("text/markdown", ""))
-                texts.append(output.data.get("text/plain", ""))
-    return "\n".join(texts), images
 
 
 @pytest.mark.slow

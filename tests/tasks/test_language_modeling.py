@@ -137,3 +137,61 @@ def test_a_tiny_language_model_trains_and_reports_perplexity_beside_both_baselin
     assert saved["training"]["best_validation"]["metric"] == "perplexity"
     assert history[-1]["validation_loss"] < history[0]["validation_loss"]
     assert metrics["test"]["perplexity"] == test["perplexity"]
+
+
+def _own_corpus(task, tmp_path, n=300):
+    """The first n train fortunes on one line each, as .txt, .csv and .jsonl files."""
+    import csv
+
+    texts = [" ".join(t.split()) for t in task.texts["train"][:n]]
+    (tmp_path / "corpus.txt").write_text("".join(t + "\n\n" for t in texts), encoding="utf-8")
+    with open(tmp_path / "corpus.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "body"])
+        writer.writerows((i, t) for i, t in enumerate(texts))
+    (tmp_path / "corpus.jsonl").write_text(
+        "".join(json.dumps({"body": t}) + "\n" for t in texts), encoding="utf-8")
+    return texts
+
+
+def test_a_corpus_of_your_own_in_each_format_gives_the_same_splits(task, tmp_path):
+    from pipeline.config import DataConfig
+    from pipeline.files import hash_split
+    from pipeline.sources import DataError, load_texts
+
+    texts = _own_corpus(task, tmp_path)
+    splits = {}
+    for fmt in ("text", "csv", "jsonl"):
+        path = tmp_path / f"corpus.{'txt' if fmt == 'text' else fmt}"
+        cfg = DataConfig(source=fmt, train_path=str(path), text_column="body")
+        splits[fmt] = load_texts(cfg)
+    assert splits["text"] == splits["csv"] == splits["jsonl"]
+    assert sorted(t for s in splits["text"].values() for t in s) == sorted(texts)
+    for split, rows in splits["text"].items():
+        assert all(hash_split(t) == split for t in rows)
+    with pytest.raises(DataError, match=r"missing column 'text'"):
+        load_texts(DataConfig(source="csv", train_path=str(tmp_path / "corpus.csv")))
+    (tmp_path / "bad.jsonl").write_text('{"body": "a"}\n{"body": 3}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.jsonl: row 2: column 'body' must be a string"):
+        load_texts(DataConfig(source="jsonl", train_path=str(tmp_path / "bad.jsonl"),
+                              text_column="body"))
+    with pytest.raises(DataError, match=r"data\.train_path"):
+        load_texts(DataConfig(source="text"))
+
+
+@pytest.mark.slow
+def test_a_language_model_trains_on_a_plain_text_corpus(task, tmp_path, tfds_dir):
+    from pipeline.files import hash_split
+    from pipeline.workflow import run
+
+    texts = _own_corpus(task, tmp_path, n=400)
+    cfg = load_config(DEBUG_CONFIG, [f"runtime.artifacts_root={tmp_path / 'artifacts'}",
+                                     "data.source=text",
+                                     f"data.train_path={tmp_path / 'corpus.txt'}",
+                                     "tokenizer.vocabulary_size=300", "train.epochs=1"])
+    metrics = run(cfg, do_export=False)
+    assert metrics["test"]["texts"] == len([t for t in texts if hash_split(t) == "test"])
+    assert 1.0 < metrics["test"]["perplexity"] < 300
+    card = json.load(open(os.path.join(cfg.run_dir, "data_card.json")))
+    assert card["name"] == "text corpus" and card["categories"] == {
+        "corpus": {s: card["splits"][s]["entries"] for s in ("train", "validation", "test")}}

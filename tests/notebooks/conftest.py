@@ -1,0 +1,49 @@
+"""Shared by the notebook tests: a kernelspec for this interpreter, reading a
+notebook and the text and pictures of an executed one."""
+
+import json
+import sys
+
+import nbformat
+import pytest
+
+
+def read_notebook(path):
+    """The notebook at `path` (nbformat v4), validated."""
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    return notebook
+
+
+def code_source(notebook):
+    return "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
+
+
+@pytest.fixture
+def kernel_name(tmp_path, monkeypatch):
+    """A kernelspec for this interpreter (the venv), found through JUPYTER_PATH.
+
+    Works in a fresh clone with no `jupyter kernelspec install` step, and does
+    not depend on whatever `python3` kernel the user has installed.
+    """
+    name = "pipeline-tests"
+    directory = tmp_path / "jupyter" / "kernels" / name
+    directory.mkdir(parents=True)
+    (directory / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "pipeline tests (venv)", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    return name
+
+
+def outputs_of(notebook):
+    texts, images = [], 0
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.output_type == "stream":
+                texts.append(output.text)
+            elif output.output_type in ("display_data", "execute_result"):
+                images += "image/png" in output.data
+                texts.append(output.data.get("text/markdown", ""))
+                texts.append(output.data.get("text/plain", ""))
+    return "\n".join(texts), images
