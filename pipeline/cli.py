@@ -17,7 +17,8 @@ examples:
   python -m pipeline run configs/text_classification.yaml --no-export
   python -m pipeline prepare configs/text_classification.yaml
   python -m pipeline pretrain configs/text_classification.yaml
-  python -m pipeline run configs/language_model.yaml --no-export
+  python -m pipeline run configs/language_model.yaml
+  python -m pipeline bench --generation configs/language_model.yaml   # decoding speed
   python -m pipeline run configs/csv_pretrained.yaml
   python -m pipeline train configs/text_classification.yaml --set runtime.strategy=mirrored \\
       --set runtime.logical_cpu_devices=2
