@@ -308,6 +308,18 @@ class Translator(keras.Model):
         )
         return ops.squeeze(logits, axis=1), self_cache  # (b, vocab)
 
+    def _check_max_length(self, max_length):
+        """`max_length`, or `max_target_length` when None; a ValueError unless
+        an int in [1, max_target_length]."""
+        max_length = self.max_target_length if max_length is None else max_length
+        if (not isinstance(max_length, int) or isinstance(max_length, bool)
+                or not 1 <= max_length <= self.max_target_length):
+            raise ValueError(
+                "`max_length` must be an int in [1, max_target_length="
+                f"{self.max_target_length}]. Received: max_length={max_length!r}"
+            )
+        return max_length
+
     def greedy_decode(self, source_ids, source_padding_mask, bos_id, eos_id,
                       max_length=None):
         """Greedy (argmax) decoding of a batch of sources.
@@ -329,13 +341,7 @@ class Translator(keras.Model):
             bos, the eos included; every position after a row's eos (and
             every position not reached) is 0 (padding).
         """
-        max_length = self.max_target_length if max_length is None else max_length
-        if (not isinstance(max_length, int) or isinstance(max_length, bool)
-                or not 1 <= max_length <= self.max_target_length):
-            raise ValueError(
-                "`max_length` must be an int in [1, max_target_length="
-                f"{self.max_target_length}]. Received: max_length={max_length!r}"
-            )
+        max_length = self._check_max_length(max_length)
         self._build_if_needed()
         source_padding_mask = ops.cast(source_padding_mask, "bool")
         batch_size = ops.shape(source_ids)[0]
@@ -397,13 +403,7 @@ class Translator(keras.Model):
         """
         import keras_hub
 
-        max_length = self.max_target_length if max_length is None else max_length
-        if (not isinstance(max_length, int) or isinstance(max_length, bool)
-                or not 1 <= max_length <= self.max_target_length):
-            raise ValueError(
-                "`max_length` must be an int in [1, max_target_length="
-                f"{self.max_target_length}]. Received: max_length={max_length!r}"
-            )
+        max_length = self._check_max_length(max_length)
         check_positive_ints(num_beams=num_beams)
         if not length_penalty >= 0:
             raise ValueError(f"`length_penalty` must be >= 0. Received: {length_penalty}")

@@ -114,50 +114,53 @@ def edge_bundle_reference(debug_run, saved_model_dir, edge_bundle):
             "labels": labels}
 
 
+def run_debug_experiment(config, root, tfds_dir):
+    """`config` trained and exported under the artifacts root `root`: (config,
+    metrics)."""
+    from pipeline.config import load_config
+    from pipeline.workflow import run
+
+    cfg = load_config(config, [f"runtime.artifacts_root={root}",
+                               f"data.tfds_data_dir={tfds_dir}"])
+    return cfg, run(cfg)
+
+
+def trained(debug_run):
+    """(task, model): a debug run's prepared task and its best weights."""
+    from pipeline.workflow import load_trained, prepare
+
+    cfg, _ = debug_run
+    task = prepare(cfg, log=lambda *_: None)
+    return task, load_trained(task)
+
+
 @pytest.fixture(scope="session")
 def translation_run(tmp_path_factory, tfds_dir):
     """The translation debug experiment (configs/translation_debug.yaml), trained and
     exported once per session in a temporary artifacts root: (config, metrics)."""
-    from pipeline.config import load_config
-    from pipeline.workflow import run
-
-    root = str(tmp_path_factory.mktemp("translation_artifacts"))
-    cfg = load_config(TRANSLATION_DEBUG_CONFIG, [f"runtime.artifacts_root={root}",
-                                                 f"data.tfds_data_dir={tfds_dir}"])
-    return cfg, run(cfg)
+    return run_debug_experiment(TRANSLATION_DEBUG_CONFIG,
+                                str(tmp_path_factory.mktemp("translation_artifacts")),
+                                tfds_dir)
 
 
 @pytest.fixture(scope="session")
 def translation_trained(translation_run):
     """(task, model): the translation debug run's prepared task and its best weights."""
-    from pipeline.workflow import load_trained, prepare
-
-    cfg, _ = translation_run
-    task = prepare(cfg, log=lambda *_: None)
-    return task, load_trained(task)
+    return trained(translation_run)
 
 
 @pytest.fixture(scope="session")
 def lm_run(tmp_path_factory, tfds_dir):
     """The language-model debug experiment (configs/language_model_debug.yaml), trained
     and exported once per session in a temporary artifacts root: (config, metrics)."""
-    from pipeline.config import load_config
-    from pipeline.workflow import run
-
-    root = str(tmp_path_factory.mktemp("lm_artifacts"))
-    cfg = load_config(LM_DEBUG_CONFIG, [f"runtime.artifacts_root={root}",
-                                        f"data.tfds_data_dir={tfds_dir}"])
-    return cfg, run(cfg)
+    return run_debug_experiment(LM_DEBUG_CONFIG, str(tmp_path_factory.mktemp("lm_artifacts")),
+                                tfds_dir)
 
 
 @pytest.fixture(scope="session")
 def lm_trained(lm_run):
     """(task, model): the language-model debug run's prepared task and its best weights."""
-    from pipeline.workflow import load_trained, prepare
-
-    cfg, _ = lm_run
-    task = prepare(cfg, log=lambda *_: None)
-    return task, load_trained(task)
+    return trained(lm_run)
 
 
 def read_json(path):

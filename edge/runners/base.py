@@ -318,6 +318,17 @@ class SentencePieceTokenizer:
                         self.max_text_bytes)
 
 
+def detokenize(processor, ids: Sequence[int], eos_id: int,
+               special_ids: Sequence[int]) -> str:
+    """The text of generated ids (translation, generation): the ids before the first
+    eos, special ids dropped."""
+    ids = [int(i) for i in ids]
+    if eos_id in ids:
+        ids = ids[: ids.index(eos_id)]
+    special = set(special_ids)
+    return processor.decode([i for i in ids if i not in special])
+
+
 def read_lines(path: str | os.PathLike) -> list[str]:
     """The lines of a UTF-8 bundle file (labels, vocabularies), trailing empty lines dropped."""
     try:

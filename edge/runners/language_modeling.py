@@ -36,6 +36,7 @@ from .base import (
     Runner,
     SentencePieceTokenizer,
     _require,
+    detokenize,
     positive_int,
     preview,
     register_runner,
@@ -134,15 +135,6 @@ def score_tokens(prefill: Signature, decode: Signature, ids: Sequence[int],
                      index=np.array(position, dtype=np.int32), cache=cache)
         cache = out["cache"]
     return nll, len(ids) - 1
-
-
-def detokenize(processor, ids: Sequence[int], eos_id: int, special_ids: Sequence[int]) -> str:
-    """The text of ids: those before the first eos, special ids dropped."""
-    ids = [int(i) for i in ids]
-    if eos_id in ids:
-        ids = ids[: ids.index(eos_id)]
-    special = set(special_ids)
-    return processor.decode([i for i in ids if i not in special])
 
 
 def format_generation(result: dict[str, Any]) -> str:

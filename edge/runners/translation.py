@@ -31,6 +31,7 @@ from .base import (
     Runner,
     SentencePieceTokenizer,
     _require,
+    detokenize,
     positive_int,
     preview,
     register_runner,
@@ -134,16 +135,6 @@ def beam_decode(encode: Signature, decode: Signature, source_ids: np.ndarray,
             break
     best = max(beams, key=lambda b: b[0] / ((5.0 + len(b[1])) / 6.0) ** length_penalty)
     return np.array(best[1], dtype=np.int32)
-
-
-def detokenize(processor, ids: Sequence[int], eos_id: int,
-               special_ids: Sequence[int]) -> str:
-    """The text of generated ids: the ids before the first eos, special ids dropped."""
-    ids = [int(i) for i in ids]
-    if eos_id in ids:
-        ids = ids[: ids.index(eos_id)]
-    special = set(special_ids)
-    return processor.decode([i for i in ids if i not in special])
 
 
 def format_translation(result: dict[str, Any]) -> str:

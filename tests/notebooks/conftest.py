@@ -19,6 +19,35 @@ def code_source(notebook):
     return "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
 
 
+def assert_no_outputs(notebook):
+    """Committed without outputs: every code cell unexecuted."""
+    cells = [c for c in notebook.cells if c.cell_type == "code"]
+    assert cells
+    for cell in cells:
+        assert cell.outputs == [], f"cell with outputs: {cell.source[:80]!r}"
+        assert cell.execution_count is None, f"executed cell: {cell.source[:80]!r}"
+
+
+def assert_uses_the_pipeline(notebook, debug_config):
+    """A keras-io style header; the pipeline's functions and no model code; the
+    full experiment unless DEBUG, whose config is `debug_config`."""
+    import re
+
+    assert notebook.cells[0].cell_type == "markdown"
+    assert notebook.cells[0].source.startswith("# ")
+    assert "**Description:**" in notebook.cells[0].source
+    source = code_source(notebook)
+    for redefinition in ("keras.layers", "class ", "def ", "GradientTape", ".fit(",
+                         "compile("):
+        assert redefinition not in source, redefinition
+    for call in ("load_config(", "workflow.prepare(", "workflow.train(",
+                 "workflow.evaluate(", "workflow.export(", "load_bundle("):
+        assert call in source, call
+    # The constant chooses the experiment; the full one unless DEBUG is switched on.
+    assert re.search(r"^DEBUG = False$", source, re.MULTILINE)
+    assert debug_config in source
+
+
 @pytest.fixture
 def kernel_name(tmp_path, monkeypatch):
     """A kernelspec for this interpreter (the venv), found through JUPYTER_PATH.

@@ -8,34 +8,22 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, TRANSLATION_DEBUG_CONFIG
-from tests.notebooks.conftest import code_source, outputs_of, read_notebook
+from tests.notebooks.conftest import (
+    assert_no_outputs,
+    assert_uses_the_pipeline,
+    outputs_of,
+    read_notebook,
+)
 
 NOTEBOOK = os.path.join(ROOT, "notebooks", "translation.ipynb")
 
 
 def test_translation_notebook_is_committed_without_outputs():
-    cells = [c for c in read_notebook(NOTEBOOK).cells if c.cell_type == "code"]
-    assert cells
-    for cell in cells:
-        assert cell.outputs == [], f"cell with outputs: {cell.source[:80]!r}"
-        assert cell.execution_count is None, f"executed cell: {cell.source[:80]!r}"
+    assert_no_outputs(read_notebook(NOTEBOOK))
 
 
 def test_translation_notebook_uses_the_pipeline_and_defines_no_model_code():
-    notebook = read_notebook(NOTEBOOK)
-    assert notebook.cells[0].cell_type == "markdown"
-    assert notebook.cells[0].source.startswith("# ")
-    assert "**Description:**" in notebook.cells[0].source
-    source = code_source(notebook)
-    for redefinition in ("keras.layers", "class ", "def ", "GradientTape", ".fit(",
-                         "compile("):
-        assert redefinition not in source, redefinition
-    for call in ("load_config(", "workflow.prepare(", "workflow.train(",
-                 "workflow.evaluate(", "workflow.export(", "load_bundle("):
-        assert call in source, call
-    # The constant chooses the experiment; the full one unless DEBUG is switched on.
-    assert re.search(r"^DEBUG = False$", source, re.MULTILINE)
-    assert "configs/translation_debug.yaml" in source
+    assert_uses_the_pipeline(read_notebook(NOTEBOOK), "configs/translation_debug.yaml")
 
 
 @pytest.mark.slow
