@@ -217,3 +217,10 @@ def test_decoding_bench_of_a_translator(translation_run, tmp_path):
         assert r["tokens_per_second"] > 0, name
         if "greedy_ids_equal_reference" in r:
             assert r["greedy_ids_equal_reference"] == 1.0, name
+
+
+def test_saved_model_check_against_keras_is_in_the_metrics(translation_run):
+    _, metrics = translation_run
+    check = metrics["saved_model"]
+    assert check["sentences"] == metrics["test"]["examples"] == 600
+    assert check["greedy_agreement_with_keras"] >= 0.95
