@@ -381,8 +381,8 @@ class Translator(keras.Model):
                     num_beams=4, length_penalty=0.6, max_length=None, pad_id=0):
         """Beam search over a batch of sources: keras-hub's `BeamSampler`
         (`next(prompt, cache, index)` over `decode_step`; the cache it
-        carries is `(self_cache, cross_cache, source_padding_mask)`, so
-        every beam has its own), with two additions it lacks:
+        carries and reorders is the self-attention cache, one per beam), with
+        two additions it lacks:
 
         - a beam that has emitted `eos_id` is frozen: its next id is
           `pad_id` with probability 1, so its score stops changing;
@@ -418,11 +418,15 @@ class Translator(keras.Model):
             ops.zeros((batch_size, max_length), dtype="int32")], axis=1)
         mask = ops.concatenate([ops.ones((batch_size, 1), "bool"),
                                 ops.zeros((batch_size, max_length), "bool")], axis=1)
-        cache = (self.initial_self_cache(batch_size), cross_cache, source_padding_mask)
+        # Only the self-attention cache differs between beams. The sampler
+        # reorders beams within a source, so row b * num_beams + k always
+        # belongs to source b: the cross-attention cache and the source mask
+        # are repeated once here, not carried (and gathered) every step.
+        cross = ops.repeat(cross_cache, num_beams, axis=0)
+        padding = ops.repeat(source_padding_mask, num_beams, axis=0)
         frozen = ops.log(ops.one_hot(pad_id, self.vocabulary_size) + 1e-30)  # (vocab,)
 
-        def next(prompt, cache, index):
-            self_cache, cross, padding = cache
+        def next(prompt, self_cache, index):
             token = ops.slice(prompt, [0, index - 1], [ops.shape(prompt)[0], 1])
             logits, self_cache = self.decode_step(token, index - 1, self_cache, cross,
                                                   padding)
@@ -433,11 +437,12 @@ class Translator(keras.Model):
                                                            positions < index)), axis=1)
             logits = ops.where(done[:, None], ops.cast(frozen, logits.dtype)[None, :],
                                logits)
-            return logits, None, (self_cache, cross, padding)
+            return logits, None, self_cache
 
         sampler = keras_hub.samplers.BeamSampler(num_beams=num_beams,
                                                  return_all_beams=True)
-        beams, log_probs = sampler(next, prompt, cache=cache, index=1, mask=mask,
+        beams, log_probs = sampler(next, prompt, cache=self.initial_self_cache(batch_size),
+                                   index=1, mask=mask,
                                    stop_token_ids=(eos_id,), model=self)
         beams = beams[:, :, 1:]                                   # (batch, beams, T)
         is_eos = ops.cast(ops.equal(beams, eos_id), "int32")
