@@ -187,13 +187,9 @@ class LanguageModelingExport(ExportModule):
                          "dynamic_range")
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        """[bos] + the prompt's ids, as the SavedModel makes them."""
-        import tensorflow as tf
-
-        from pipeline.tokenizer import BOS_ID
-
-        tokens = self.task.tokenizer.ragged(tf.constant([prompt]))[0].numpy()
-        return [BOS_ID] + [int(i) for i in tokens[: self.max_sequence_length - 2]]
+        """[bos] + the prompt's ids, as the task (and the SavedModel) makes them."""
+        ids, lengths = self.task.prompt_ids([prompt])
+        return [int(i) for i in ids[0, : lengths[0]]]
 
     def signatures(self, model):
         return functools.partial(model, "prefill"), functools.partial(model, "decode")
@@ -236,11 +232,12 @@ class LanguageModelingExport(ExportModule):
         agreement = float(np.mean([a == b for a, b in
                                    zip(greedy, reference["greedy_ids"], strict=True)]))
         # Time to first token: prefill of a test prompt; decode: one step.
-        inputs = prefill_inputs(self.latency_inputs()["prompt_ids"], self.prefill_length)
+        prompt = self.latency_inputs()["prompt_ids"]
+        inputs = prefill_inputs(prompt, self.prefill_length)
         first = measure_latency_ms(prefill, inputs, runs=30)["median_ms"]
         cache = prefill(**inputs)["cache"]
-        step = {"token_ids": np.ones((1, 1), np.int32), "index": np.array(
-            len(self.latency_inputs()["prompt_ids"]), np.int32), "cache": cache}
+        step = {"token_ids": np.ones((1, 1), np.int32),
+                "index": np.array(len(prompt), np.int32), "cache": cache}
         per_token = measure_latency_ms(decode, step, runs=30)["median_ms"]
         return {"perplexity": float(np.exp(nll / max(count, 1))), "tokens": count,
                 "agreement_with_keras": agreement, "agreement_prompts": len(greedy),
