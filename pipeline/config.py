@@ -138,6 +138,10 @@ class TrainConfig:
     early_stopping_patience: int = 0
     # Stop after this many steps in total (0 = epochs * steps per epoch).
     max_steps: int = 0
+    # Validate on the first N batches of the validation split only (0 = all
+    # of it): for tasks whose validation metric is slow (translation decodes
+    # every sentence), a fixed subset picks the best checkpoint sooner.
+    validation_max_batches: int = 0
     seed: int = 42
     # Fine-tuning: learning rate of the encoder (embedding and blocks) relative
     # to train.learning_rate; the head always gets the full rate.
@@ -324,6 +328,8 @@ class ExperimentConfig:
                t.checkpoint_every_steps, "> 0")
         _check(t.log_every_steps > 0, "train.log_every_steps",
                t.log_every_steps, "> 0")
+        _check(t.validation_max_batches >= 0, "train.validation_max_batches",
+               t.validation_max_batches, ">= 0 (0 = the whole validation split)")
         _check(r.strategy in STRATEGIES, "runtime.strategy", r.strategy,
                "one of " + ", ".join(repr(s) for s in STRATEGIES))
         _check(r.collective_timeout_seconds > 0, "runtime.collective_timeout_seconds",

@@ -328,6 +328,8 @@ def train(task, log=print, strategy: tf.distribute.Strategy | None = None) -> Tr
         lambda ctx: task.train_dataset(per_replica_batch, skip_batches=start_step,
                                        input_context=ctx))
     val_data = task.eval_dataset("validation", t.global_batch_size)
+    if val_data is not None and t.validation_max_batches:
+        val_data = val_data.take(t.validation_max_batches)
 
     def compute_loss(inputs, targets):
         return task.compute_loss(model, inputs, targets, training=True)
