@@ -40,9 +40,10 @@ $(VENV)/.installed: requirements.txt
 # The OS data packages (package:file it provides), installed together: apt-get
 # as root, sudo otherwise, else print the command. wordnet-base: the default
 # classification data and pre-training corpus; trans-de-en: translation;
-# fortunes: the language model.
+# fortunes: the language model; dataset-fashion-mnist: image classification.
 DATA_PACKAGES := wordnet-base:$(WORDNET) trans-de-en:/usr/share/trans/de-en \
-  fortunes:/usr/share/games/fortunes/computers
+  fortunes:/usr/share/games/fortunes/computers \
+  dataset-fashion-mnist:/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 
 data:
 	@missing=""; for pair in $(DATA_PACKAGES); do \

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """On-device demo app: runs an edge bundle with ai-edge-litert, whatever its task.
 
-Dependencies: ai_edge_litert, sentencepiece and numpy only. This module never
-imports tensorflow (nor anything from pipeline/, models/ or export/): it reads
-the bundle that export.bundle writes and nothing else.
+Dependencies: ai_edge_litert, sentencepiece and numpy, plus Pillow for image
+bundles. This module never imports tensorflow (nor anything from pipeline/, models/
+or export/): it reads the bundle that export.bundle writes and nothing else.
 
 The bundle's manifest.json names its `task`; the runner registered for that task
-(edge/runners/, see runners.base.Runner) turns each text into a result. Tasks this
-app runs: text_classification, translation, language_modeling.
+(edge/runners/, see runners.base.Runner) turns each input into a result. Tasks this
+app runs: text_classification, translation, language_modeling (inputs are texts) and
+image_classification (inputs are paths of PNG or JPEG files: the arguments, the stdin
+lines, the JSONL "text" fields).
 
 Usage:
     python edge/app.py --bundle DIR "some text" "another text"
@@ -17,6 +19,9 @@ Usage:
     python edge/app.py --bundle DIR --json "some text"   # one JSON object per text
     python edge/app.py --bundle DIR --sampling top_k --temperature 0.8 --seed 7 "Never"
                                        # language_modeling: the text streams as it comes
+    python edge/app.py --bundle DIR --top-k 3 shoe.png shirt.jpg
+                                       # image_classification: image file paths
+    ls images/*.png | python edge/app.py --bundle DIR
 
 Library use:
     from app import load_bundle            # with edge/ on sys.path
@@ -30,11 +35,16 @@ Library use:
                                            #   "completion", "token_ids",
                                            #   "time_to_first_token_ms", "tokens_per_second",
                                            #   "latency_ms"}
+    runner.run("shoe.png")                 # image_classification: {"text": "shoe.png",
+                                           #   "label", "probability", "top_k", "latency_ms"}
+    runner.classify_pixels(uint8_array)    # image_classification, pixels in memory
 
-Exit codes: 0 ok; 1 some JSONL lines were malformed (they are reported on
-stderr with their line number and skipped, the rest is still run);
-2 invalid bundle (manifest missing/invalid, unknown task, a file missing or its
-sha256 differs) or bad command line; 3 no usable runtime installed.
+Exit codes: 0 ok; 1 some inputs were bad: malformed JSONL lines, or inputs the
+task cannot run (image_classification: a path that is missing, a directory or not
+a readable PNG/JPEG image); each is reported on stderr (JSONL: with its line
+number) and skipped, the rest is still run; 2 invalid bundle (manifest
+missing/invalid, unknown task, a file missing or its sha256 differs) or bad
+command line; 3 no usable runtime installed.
 """
 from __future__ import annotations
 
@@ -60,6 +70,8 @@ from runners import (  # noqa: E402
     SUPPORTED_FORMAT_VERSIONS,
     BundleError,
     ClassificationRunner,
+    ImageClassificationRunner,
+    InputError,
     LanguageModelRunner,
     Manifest,
     Runner,
@@ -89,7 +101,8 @@ from runners import (  # noqa: E402
 
 __all__ = [
     "FLOAT_VARIANTS", "INSTALL_HINT", "PREVIEW_CHARS", "SUPPORTED_FORMAT_VERSIONS", "Bundle",
-    "BundleError", "ClassificationRunner", "LanguageModelRunner", "Manifest", "Runner",
+    "BundleError", "ClassificationRunner", "ImageClassificationRunner", "InputError",
+    "LanguageModelRunner", "Manifest", "Runner",
     "RuntimeMissingError", "SentencePieceTokenizer", "TranslationRunner", "_import_interpreter",
     "_import_sentencepiece",
     "format_classification", "format_plain", "format_stats", "iter_jsonl", "latency_stats",
@@ -178,27 +191,37 @@ def _prompt_lines() -> Iterator[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge/app.py",
-        description="Run an edge bundle on device (ai-edge-litert + sentencepiece + numpy); "
+        description="Run an edge bundle on device (ai-edge-litert + sentencepiece + numpy, "
+                    "Pillow for images); "
                     "the bundle's manifest names its task "
                     f"({', '.join(supported_tasks())}).",
-        epilog="Texts come from the arguments; else one per stdin line when stdin is not a "
-               "terminal; else from an interactive prompt (empty line or EOF quits). "
-               "Exit codes: 0 ok, 1 malformed JSONL lines were skipped, 2 invalid bundle or "
-               "usage, 3 runtime missing.",
+        epilog="Inputs (texts; image file paths for image_classification) come from the "
+               "arguments; else one per stdin line when stdin is not a terminal; else from "
+               "an interactive prompt (empty line or EOF quits). Exit codes: 0 ok, 1 bad "
+               "inputs (malformed JSONL lines, unreadable images) were reported and skipped, "
+               "2 invalid bundle or usage, 3 runtime missing.",
     )
     p.add_argument("--bundle", required=True,
                    help="bundle directory (manifest.json, model.tflite and the task's files)")
-    p.add_argument("texts", nargs="*", help="input texts")
+    p.add_argument("texts", nargs="*",
+                   help="input texts (image_classification: image file paths)")
     p.add_argument("--jsonl", metavar="IN",
-                   help="batch mode: JSON lines with a \"text\" field (or bare JSON strings); "
-                        "'-' = stdin; results are JSON lines")
+                   help="batch mode: JSON lines with a \"text\" field (or bare JSON strings; "
+                        "image_classification: the image path); '-' = stdin; results are "
+                        "JSON lines")
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object per text instead of plain lines")
+                   help="print one JSON object per input instead of plain lines")
     p.add_argument("--output", "-o", metavar="FILE", help="write results here instead of stdout")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="interpreter threads (default: runtime's choice)")
+    # Tasks whose runners inherit one add_arguments (the classifiers' --top-k) share its
+    # options: one group for them, each option declared once.
+    shared: dict[Any, list[tuple[str, type[Runner]]]] = {}
     for task, cls in sorted(registered_runners().items()):
-        cls.add_arguments(p.add_argument_group(f"{task} options"))
+        shared.setdefault(cls.add_arguments.__func__, []).append((task, cls))
+    for runners in shared.values():
+        title = ", ".join(task for task, _ in runners)
+        runners[0][1].add_arguments(p.add_argument_group(f"{title} options"))
     return p
 
 
@@ -234,18 +257,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_BAD_INPUT
         close_out = True
 
-    n_errors = 0
+    n_malformed = n_failed = 0
 
     def report_bad_line(lineno: int, reason: str) -> None:
-        nonlocal n_errors
-        n_errors += 1
+        nonlocal n_malformed
+        n_malformed += 1
         print(f"error: {args.jsonl}: line {lineno}: {reason} (skipped)", file=sys.stderr)
 
-    def emit(text: str, as_json: bool) -> None:
-        if not as_json and isinstance(runner, LanguageModelRunner):
-            stream_to(out, runner, text)   # the text as it is generated
+    def emit(text: str, as_json: bool, where: str = "") -> None:
+        """Run one input and write its result; an input the runner cannot run (InputError)
+        is reported on stderr, prefixed with `where`, and skipped."""
+        nonlocal n_failed
+        try:
+            if not as_json and isinstance(runner, LanguageModelRunner):
+                stream_to(out, runner, text)   # the text as it is generated
+                return
+            result = runner.run(text)
+        except InputError as e:
+            n_failed += 1
+            print(f"error: {where}{e} (skipped)", file=sys.stderr)
             return
-        result = runner.run(text)
         out.write((json.dumps(result, ensure_ascii=False) if as_json
                    else runner.format(result)) + "\n")
         out.flush()
@@ -260,12 +291,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"error: cannot read {args.jsonl}: {e}", file=sys.stderr)
                 return EXIT_BAD_INPUT
             with contextlib.nullcontext(stream) if stream is sys.stdin else stream:
-                for _, text in iter_jsonl(stream, report_bad_line):
-                    emit(text, True)
-            if n_errors:
-                print(f"error: {n_errors} malformed line(s) in {args.jsonl} were skipped",
+                for lineno, text in iter_jsonl(stream, report_bad_line):
+                    emit(text, True, f"{args.jsonl}: line {lineno}: ")
+            if n_malformed or n_failed:
+                counts = [f"{n} {what}" for n, what in (
+                    (n_malformed, "malformed line(s)"),
+                    (n_failed, "line(s) whose input could not be run")) if n]
+                print(f"error: {' and '.join(counts)} in {args.jsonl} were skipped",
                       file=sys.stderr)
-                status = EXIT_BAD_INPUT
         else:
             if args.texts:
                 texts: Iterable[str] = args.texts
@@ -275,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 texts = _prompt_lines()
             for text in texts:
                 emit(text, args.json)
+        if n_malformed or n_failed:
+            status = EXIT_BAD_INPUT
     except BrokenPipeError:  # e.g. piped into `head`
         try:
             sys.stdout = open(os.devnull, "w")

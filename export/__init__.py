@@ -34,7 +34,8 @@ def export_all(task, model, reference, log=print) -> dict:
             module.tflite_signatures[0], e.int8_calibration_examples, cfg.train.seed)
         if integer else None,
         mask_fill_value=e.int8_mask_fill_value, float_ops=list(e.int8_float_ops),
-        per_channel=e.int8_per_channel, int8_output=e.int8_output)
+        per_channel=e.int8_per_channel, int8_output=e.int8_output,
+        int8_input=module.int8_input)
     failures = {}
     paths = export_tflite(module, e.tflite_variants, os.path.join(run_dir, "edge"), log=log,
                           recipe=recipe, failures=failures)
@@ -56,7 +57,8 @@ def export_all(task, model, reference, log=print) -> dict:
                         "calibration_split": "train",
                         "mask_fill_value": e.int8_mask_fill_value,
                         "float_ops": list(e.int8_float_ops),
-                        "per_channel": e.int8_per_channel, "output": e.int8_output}},
+                        "per_channel": e.int8_per_channel, "output": e.int8_output,
+                        "input": module.int8_input}},
         **gate)
     report = write_report(os.path.join(run_dir, "report"), summary,
                           title=f"{cfg.name}: TFLite variants")

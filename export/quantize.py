@@ -69,6 +69,9 @@ class QuantizationRecipe:
             quantization debugger's deny-list), e.g. ["MEAN", "RSQRT"].
         per_channel: per-channel (True) or per-tensor (False) int8 weights.
         int8_output: "float32" (dequantized probabilities) or "int8".
+        int8_input: type of the int8 model's float inputs, "float32" (kept
+            float, quantized inside) or "uint8" (images: the app feeds the
+            pixels as they are decoded; token ids stay int32 either way).
     """
 
     calibration_inputs: list[dict] | np.ndarray | None = None
@@ -76,6 +79,7 @@ class QuantizationRecipe:
     float_ops: list[str] = field(default_factory=list)
     per_channel: bool = True
     int8_output: str = "float32"
+    int8_input: str = "float32"
 
     def dataset(self, as_dict: bool = False) -> Callable[[], Iterable]:
         inputs = self.calibration_inputs
@@ -112,6 +116,20 @@ def _op_name(model, op) -> str:
     from tensorflow.lite.tools import flatbuffer_utils
 
     return flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+
+
+def float_ops(model_bytes: bytes) -> dict[str, int]:
+    """Op name -> how many ops of that name compute in float (a float32
+    output) in a TFLite model: what stays float in an int8 variant.
+    QUANTIZE/DEQUANTIZE at the float boundaries count as float too."""
+    model = _load(model_bytes)
+    counts: dict[str, int] = {}
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            if any(i >= 0 and subgraph.tensors[i].type == 0 for i in op.outputs):  # FLOAT32
+                name = _op_name(model, op)
+                counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def set_mask_fill(model_bytes: bytes, value: float) -> tuple[bytes, int]:
@@ -278,6 +296,9 @@ def int8(saved_model_dir: str, signature: str, recipe: QuantizationRecipe,
     if recipe.int8_output not in ("float32", "int8"):
         raise QuantizationError("int8 output type must be 'float32' or 'int8', got "
                                 f"{recipe.int8_output!r}")
+    if recipe.int8_input not in ("float32", "uint8", "int8"):
+        raise QuantizationError("int8 input type must be 'float32', 'uint8' or 'int8', "
+                                f"got {recipe.int8_input!r}")
     model = _float_graph(saved_model_dir, signature, recipe, log)
     calibrated = calibrator.Calibrator(calibrator.add_intermediate_tensors(model)) \
         .calibrate(recipe.dataset())
@@ -285,7 +306,8 @@ def int8(saved_model_dir: str, signature: str, recipe: QuantizationRecipe,
     return convert.mlir_quantize(
         calibrated, disable_per_channel=not recipe.per_channel,
         fully_quantize=int8_out,
-        input_data_type=tf.float32,
+        input_data_type={"float32": tf.float32, "uint8": tf.uint8,
+                         "int8": tf.int8}[recipe.int8_input],
         output_data_type=tf.int8 if int8_out else tf.float32,
         denylisted_ops=list(recipe.float_ops) or None)
 

@@ -137,12 +137,24 @@ class TFLiteModel:
             name: {k: d["quantization"] for k, d in r.get_output_details().items()
                    if np.dtype(d["dtype"]) != np.float32 and d["quantization"][0]}
             for name, r in self.runners.items()}
+        # Quantized inputs (a full-int8 image model's uint8 pixels): float
+        # values are quantized with the input's scale and zero point.
+        self._quantize = {
+            name: {k: (d["quantization"], np.dtype(d["dtype"]))
+                   for k, d in r.get_input_details().items()
+                   if np.dtype(d["dtype"]) != np.float32 and d["quantization"][0]}
+            for name, r in self.runners.items()}
 
     def signature(self, name: str):
         """`runner(**inputs)` of one signature, for latency measurements."""
         return self.runners[name]
 
     def __call__(self, signature: str, **inputs) -> dict[str, np.ndarray]:
+        for key, ((scale, zero_point), dtype) in self._quantize[signature].items():
+            if np.issubdtype(np.asarray(inputs[key]).dtype, np.floating):
+                info = np.iinfo(dtype)
+                inputs[key] = np.clip(np.round(inputs[key] / scale + zero_point),
+                                      info.min, info.max).astype(dtype)
         outputs = self.runners[signature](**inputs)
         for key, (scale, zero_point) in self._dequantize[signature].items():
             outputs[key] = (outputs[key].astype(np.float32) - zero_point) * scale
@@ -179,6 +191,11 @@ def evaluate_tflite(paths: dict[str, str], module, reference, latency_runs: int 
                                        "threads": n}
         results[variant] = {"path": path, "size_bytes": os.path.getsize(path),
                             **metrics, "latency_batch1": latency}
+        if variant in ("int8", "int16x8"):
+            with open(path, "rb") as f:
+                results[variant]["float_ops"] = quantize.float_ops(f.read())
+            log(f"[tflite] {variant}: ops left in float: "
+                f"{results[variant]['float_ops'] or 'none'}")
         r = results[variant]
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                           if isinstance(v, float))

@@ -12,6 +12,7 @@ from models.text_classifier import TextClassifier
 from models.transformer_decoder_backbone import TransformerDecoderBackbone
 from models.transformer_encoder_backbone import TransformerEncoderBackbone
 from models.translator import Translator
+from models.vision_transformer import VisionTransformer
 
 __all__ = [
     "CausalLanguageModel",
@@ -20,5 +21,6 @@ __all__ = [
     "TransformerDecoderBackbone",
     "TransformerEncoderBackbone",
     "Translator",
+    "VisionTransformer",
     "layers",
 ]

@@ -40,7 +40,9 @@ class ConfigError(ValueError):
 class DataConfig:
     # Where examples come from: "wordnet_topics" (TFDS builder over the Debian
     # package wordnet-base), "csv", "jsonl", or "tfds:<public name>";
-    # translation: "trans_de_en" (TFDS builder over the package trans-de-en).
+    # translation: "trans_de_en" (TFDS builder over the package trans-de-en);
+    # image_classification: "fashion_mnist" (TFDS builder over the package
+    # dataset-fashion-mnist) or "image_folder" (train_path/<class>/*.png|jpg).
     source: str = "wordnet_topics"
     # wordnet_topics: path of WordNet's noun data file.
     wordnet_path: str = "/usr/share/wordnet/data.noun"
@@ -52,15 +54,24 @@ class DataConfig:
     # fortunes (language_modeling): the fortune cookie files of the Debian
     # package fortunes, one example per entry.
     fortunes_path: str = "/usr/share/games/fortunes"
+    # fashion_mnist (image_classification): the directory of the four IDX
+    # files of the Debian package dataset-fashion-mnist.
+    images_path: str = "/usr/share/datasets/fashion-mnist"
+    # image_classification: images are decoded to image_channels channels
+    # (1 = grey, 3 = RGB) and resized (bilinear) to image_size x image_size pixels.
+    image_size: int = 28
+    image_channels: int = 1
     # csv/jsonl: files per split; empty validation/test paths mean a stable
-    # 80/10/10 hash split of the train file.
+    # 80/10/10 hash split of the train file. image_folder: directories with one
+    # subdirectory per class; the hash is of each file's path under train_path.
     train_path: str = ""
     validation_path: str = ""
     test_path: str = ""
     # csv/jsonl/tfds: names of the text and label columns (features).
     text_column: str = "text"
     label_column: str = "label"
-    # csv/jsonl: allowed labels in class-id order; empty = sorted labels of train.
+    # csv/jsonl: allowed labels in class-id order; empty = sorted labels of train
+    # (image_folder: the class directory names).
     labels: list[str] = field(default_factory=list)
     # tfds: split names (TFDS slicing syntax allowed).
     train_split: str = "train"
@@ -104,6 +115,14 @@ class ModelConfig:
     # Pre-training (pretrain.enabled) sets it. Its tokenizer
     # (<dir>/tokenizer/spm.model) replaces the task's own.
     init_checkpoint: str = ""
+    # image_classification (model.name "vision_transformer"): the side of a
+    # square patch in pixels; the filters of the 3x3 convolutional stem before
+    # patchifying ([] = a plain ViT; Compact Convolutional Transformers use
+    # one); "learned" or "sine" (fixed 2-D) positions. model.pooling is then
+    # "class_token", "mean" or "attention" (CCT's sequence pooling).
+    patch_size: int = 4
+    stem_channels: list[int] = field(default_factory=list)
+    position_embedding: str = "learned"
 
 
 @dataclass
@@ -149,6 +168,16 @@ class TrainConfig:
     # Fine-tuning: layer-wise learning-rate decay; block i of n gets
     # multiplier * layer_decay**(n - i), the embedding layer_decay**(n + 1).
     layer_decay: float = 1.0
+
+
+@dataclass
+class AugmentConfig:
+    # Training-time image augmentation in tf.data (image_classification);
+    # validation and test images are never changed. Random per example but
+    # deterministic given train.seed, so a resumed run sees the same images.
+    horizontal_flip: bool = True
+    # Random shift of up to N pixels each way (zero padding, then a crop).
+    max_shift_pixels: int = 2
 
 
 @dataclass
@@ -289,6 +318,7 @@ class ExperimentConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     @property
@@ -307,6 +337,10 @@ class ExperimentConfig:
                     "max_sequence_length"):
             _check(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "> 0")
         _check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "in [0, 1)")
+        _check(self.data.image_size >= 4, "data.image_size", self.data.image_size,
+               ">= 4 (pixels per side)")
+        _check(self.data.image_channels in (1, 3), "data.image_channels",
+               self.data.image_channels, "1 (grey) or 3 (RGB)")
         _check(self.tokenizer.vocabulary_size >= 16, "tokenizer.vocabulary_size",
                self.tokenizer.vocabulary_size, ">= 16")
         _check(self.tokenizer.model_type in ("unigram", "bpe"),

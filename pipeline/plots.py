@@ -182,3 +182,42 @@ def plot_token_lengths(texts, tokenizer_path: str, max_sequence_length: int,
     if not len(lengths):
         raise ValueError("plot_token_lengths: no texts")
     return save_figure(token_lengths_figure(lengths, max_sequence_length, title), path)
+
+
+def image_grid_figure(images, titles: list[str] | None = None, columns: int = 8,
+                      title: str = "", row_labels: list[str] | None = None):
+    """A grid of uint8 images `(H, W, C)` (C = 1 or 3; None = a blank cell),
+    `columns` per row, each with its title, each row with its label (the
+    data card's samples per class, misclassified test images)."""
+    from matplotlib.figure import Figure
+
+    n = len(images)
+    rows = max(1, -(-n // columns))
+    fig = Figure(figsize=(1.2 * columns + (1.6 if row_labels else 0),
+                          (1.45 if titles else 1.0) * rows + (0.4 if title else 0)))
+    axes = np.asarray(fig.subplots(rows, columns, squeeze=False))
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        if i >= n or images[i] is None:
+            continue
+        image = np.asarray(images[i])
+        grey = image.ndim == 2 or image.shape[-1] == 1
+        ax.imshow(image.reshape(image.shape[:2]) if grey else image,
+                  cmap="gray" if grey else None, vmin=0, vmax=255)
+        if titles:
+            ax.set_title(titles[i], fontsize=6)
+    for row, label in enumerate(row_labels or []):
+        axes[row, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_image_grid(images, titles: list[str] | None, path: str, columns: int = 8,
+                    title: str = "", row_labels: list[str] | None = None) -> str:
+    """`image_grid_figure` written to `path` (PNG, atomically)."""
+    return save_figure(image_grid_figure(images, titles, columns, title, row_labels), path)

@@ -254,7 +254,7 @@ def print_summary(task, metrics, seconds):
         for variant, r in metrics["tflite"].items():
             entry(r["path"], f"TFLite {variant}")
         entry(metrics["artifacts"]["edge_bundle"], "edge bundle: python edge/app.py --bundle "
-              f"{metrics['artifacts']['edge_bundle']} \"some text\"")
+              f"{metrics['artifacts']['edge_bundle']} {task.edge_example}")
     lines.append("")
     lines.extend(task.summary_lines(metrics))
     for variant, r in metrics.get("tflite", {}).items():

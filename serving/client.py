@@ -216,7 +216,9 @@ class ServingClient:
     # -------------------------------------------------------------------- API
     def predict(self, texts, protocol: str = "rest", format: str = "instances",
                 params: dict | None = None) -> Prediction:
-        """Outputs for `texts` (a list of str), in batches of `batch_size`.
+        """Outputs for `texts` (a list of str, or of bytes for a binary input such
+        as an image classifier's encoded PNG/JPEG `image_bytes`: REST sends them
+        as {"b64": ...}), in batches of `batch_size`.
 
         `params`: the signature's scalar inputs besides the texts, by name (an int
         is sent as int32, a float as float32), e.g. a language model's
@@ -224,7 +226,7 @@ class ServingClient:
         "seed": 7} for its `generate` signature. REST then uses the columnar
         ("inputs") format, in which inputs may differ in shape.
         """
-        if isinstance(texts, str):
+        if isinstance(texts, (str, bytes)):
             texts = [texts]
         if protocol not in ("rest", "grpc"):
             raise ValueError(f"protocol must be 'rest' or 'grpc', got {protocol!r}")
@@ -252,13 +254,14 @@ class ServingClient:
         url = f"{self._model_path()}:predict"
         if format == "instances":
             body = self._rest("POST", url, {"signature_name": self.signature,
-                                            "instances": texts})
+                                            "instances": [_rest_value(t) for t in texts]})
             predictions = body["predictions"]
             if predictions and isinstance(predictions[0], dict):
                 return Prediction({k: [p[k] for p in predictions] for k in predictions[0]})
             return Prediction({self._single_output_name(): predictions})
         body = self._rest("POST", url, {"signature_name": self.signature,
-                                        "inputs": {self.input_key: texts, **params}})
+                                        "inputs": {self.input_key: [_rest_value(t) for t in texts],
+                                                   **params}})
         outputs = body["outputs"]
         return Prediction(outputs if isinstance(outputs, dict)
                           else {self._single_output_name(): outputs})
@@ -287,7 +290,8 @@ class ServingClient:
         request = predict_pb2.PredictRequest()
         self._model_spec(request.model_spec)
         request.inputs[self.input_key].CopyFrom(tf.make_tensor_proto(
-            [t.encode("utf-8") for t in texts], dtype=tf.string, shape=[len(texts)]))
+            [t if isinstance(t, bytes) else t.encode("utf-8") for t in texts],
+            dtype=tf.string, shape=[len(texts)]))
         for name, value in params.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(
                 value, dtype=tf.int32 if isinstance(value, int) else tf.float32))
@@ -351,6 +355,16 @@ class _Retryable(Exception):
     def __init__(self, status, message: str):
         super().__init__(message)
         self.status, self.message = status, message
+
+
+def _rest_value(value):
+    """A string input as TF Serving's REST API takes it: text as it is, bytes
+    (binary data, e.g. an encoded image) as {"b64": base64}."""
+    if isinstance(value, bytes):
+        import base64
+
+        return {"b64": base64.b64encode(value).decode("ascii")}
+    return value
 
 
 def _error_text(response) -> str:
@@ -419,6 +433,10 @@ def main(argv=None) -> int:
         epilog=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("texts", nargs="*", help="input texts")
     parser.add_argument("--texts_file", help="UTF-8 file, one text a line")
+    parser.add_argument("--binary_file", action="append", default=[], metavar="PATH",
+                        help="a file sent as one binary string, repeatable; e.g. an image "
+                             "classifier's PNG/JPEG: --model image_classifier "
+                             "--input_key image_bytes --binary_file shoe.png")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--rest_port", type=int, default=8501)
     parser.add_argument("--grpc_port", type=int, default=8500)
@@ -459,8 +477,13 @@ def main(argv=None) -> int:
         if args.texts_file:
             with open(args.texts_file, encoding="utf-8") as f:
                 texts += [line.rstrip("\n") for line in f if line.strip()]
+        shown = list(texts)
+        for path in args.binary_file:
+            with open(path, "rb") as f:
+                texts.append(f.read())
+            shown.append(path)
         if not texts:
-            parser.error("give texts, --texts_file, --status or --metadata")
+            parser.error("give texts, --texts_file, --binary_file, --status or --metadata")
         result = client.predict(texts, args.protocol, args.format,
                                 params=parse_params(args.param))
     except (ServingError, ValueError, OSError) as err:
@@ -469,7 +492,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps({"model_version": result.model_version, **result.outputs}))
         return 0
-    for text, row in zip(texts, result.rows()):
+    for text, row in zip(shown, result.rows()):
         print(format_row(text, row))
     return 0
 

@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 DEBUG_CONFIG = os.path.join(ROOT, "configs", "text_classification_debug.yaml")
 TRANSLATION_DEBUG_CONFIG = os.path.join(ROOT, "configs", "translation_debug.yaml")
 LM_DEBUG_CONFIG = os.path.join(ROOT, "configs", "language_model_debug.yaml")
+IMAGE_DEBUG_CONFIG = os.path.join(ROOT, "configs", "image_classification_debug.yaml")
 
 # Texts every path must classify: empty, whitespace, 100 kB, non-ASCII.
 HOSTILE_TEXTS = ["", "   \t ", "word " * 20_000, "Ärger über Öl — 日本語のテキスト 🙂",
@@ -161,6 +162,21 @@ def lm_run(tmp_path_factory, tfds_dir):
 def lm_trained(lm_run):
     """(task, model): the language-model debug run's prepared task and its best weights."""
     return trained(lm_run)
+
+
+@pytest.fixture(scope="session")
+def image_run(tmp_path_factory, tfds_dir):
+    """The image-classification debug experiment (configs/image_classification_debug.yaml),
+    trained and exported once per session in a temporary artifacts root: (config,
+    metrics)."""
+    return run_debug_experiment(IMAGE_DEBUG_CONFIG,
+                                str(tmp_path_factory.mktemp("image_artifacts")), tfds_dir)
+
+
+@pytest.fixture(scope="session")
+def image_trained(image_run):
+    """(task, model): the image debug run's prepared task and its best weights."""
+    return trained(image_run)
 
 
 def read_json(path):

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,11 @@ class BundleError(Exception):
 
 class RuntimeMissingError(Exception):
     """No TFLite runtime that can run this bundle is installed."""
+
+
+class InputError(ValueError):
+    """One input cannot be run (an image file that is missing or not an image, ...); the
+    message names the input and says why. The app reports it and goes on with the next."""
 
 
 def positive_int(value: str) -> int:
@@ -400,24 +405,30 @@ class Runner:
       a runner reads the ones it declared in `add_arguments` and ignores the rest. Raise
       BundleError for a bundle the task cannot run (a missing or bad task key, a model that
       does not have the expected signatures/tensors).
-    - ``run(text) -> dict``: the result for one text (batch 1), JSON-serialisable, always with
-      ``"text"`` (the text as run, invalid Unicode replaced by U+FFFD) first and
-      ``"latency_ms"`` (tokenization + inference + post-processing) last.
+    - ``run(text) -> dict``: the result for one input (batch 1), JSON-serialisable, always
+      with ``"text"`` (the input as run, invalid Unicode replaced by U+FFFD) first and
+      ``"latency_ms"`` (tokenization or decoding + inference + post-processing) last. The
+      input is a text, or what the task's `check_input` accepts instead (an image path).
+      Raises TypeError for an input of the wrong type and InputError for one that cannot
+      be run.
     - ``format(result) -> str``: one or more plain-text lines for a `run` result (the app's
       output without --json; with --json or --jsonl it prints the dict itself).
     - ``stats() -> dict``: latency statistics of the `run` calls so far (count, mean, p50,
       p90, p99 in ms).
     - class attribute ``task`` (set by `register_runner`) and classmethod
       ``add_arguments(parser)``: the task's own command-line options (an argument group;
-      option names must differ from the app's and from other tasks').
+      option names must differ from the app's and from other tasks', except that tasks whose
+      runners inherit one `add_arguments` share its options, e.g. the classifiers' --top-k).
 
     A subclass usually implements only ``__init__`` (call ``super().__init__`` first: it loads
     the interpreter) and ``infer(text, **kw) -> dict`` (the task's outputs without text and
-    latency; `run` validates the text, times `infer` and records the latency), plus
-    ``format``. Shared helpers: ``self.signature(name)`` (the interpreter's signature runner
-    of that name, cached; call it with input tensors by name, it returns a dict of outputs),
-    ``self.signature_names``, ``self.file(key, default)`` (verified path of a bundle file
-    named by a manifest key), `SentencePieceTokenizer.from_manifest`, `read_lines`,
+    latency; `run` checks the input with ``check_input``, times `infer` and records the
+    latency), plus ``format``. A task whose inputs are not texts overrides
+    ``check_input(value)``. Shared helpers: ``self.signature(name)`` (the interpreter's
+    signature runner of that name, cached; call it with input tensors by name, it returns a
+    dict of outputs), ``self.signature_names``, ``self.file(key, default)`` (verified path
+    of a bundle file named by a manifest key), ``self.timed(fn, *args)`` (fn's outputs with
+    its latency, recorded), `SentencePieceTokenizer.from_manifest`, `read_lines`,
     `short_value`, `preview`.
     """
 
@@ -489,15 +500,28 @@ class Runner:
     def infer(self, text: str, **kw) -> dict[str, Any]:
         raise NotImplementedError(f"{type(self).__name__} implements neither infer nor run")
 
+    def check_input(self, value: Any) -> str:
+        """One input as `infer` takes it, checked before the clock starts. Text tasks (this
+        default): a str, invalid Unicode replaced by U+FFFD (`valid_text`); TypeError for
+        anything else. A task with other inputs overrides it and raises TypeError for a
+        wrong type, InputError for a value it cannot run."""
+        if not isinstance(value, str):
+            raise TypeError(f"text must be a string, got {type(value).__name__}")
+        return valid_text(value)
+
     def run(self, text: str, **kw) -> dict[str, Any]:
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a string, got {type(text).__name__}")
-        text = valid_text(text)
+        value = self.check_input(text)
+        return {"text": valid_text(value), **self.timed(self.infer, value, **kw)}
+
+    def timed(self, fn: Callable[..., dict[str, Any]], *args: Any, **kw: Any
+              ) -> dict[str, Any]:
+        """fn(*args, **kw)'s outputs with "latency_ms" (its wall time) last; the latency
+        counts in `stats`."""
         t0 = time.perf_counter()
-        outputs = self.infer(text, **kw)
+        outputs = fn(*args, **kw)
         latency_ms = (time.perf_counter() - t0) * 1000.0
         self.latencies_ms.append(latency_ms)
-        return {"text": text, **outputs, "latency_ms": round(latency_ms, 3)}
+        return {**outputs, "latency_ms": round(latency_ms, 3)}
 
     def format(self, result: dict[str, Any]) -> str:
         """Default: name=value of each output, then latency_ms and a preview of the text,

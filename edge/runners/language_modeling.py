@@ -40,7 +40,6 @@ from .base import (
     positive_int,
     preview,
     register_runner,
-    valid_text,
 )
 
 PREFILL, DECODE = "prefill", "decode"
@@ -283,9 +282,7 @@ class LanguageModelRunner(Runner):
 
     def run(self, text: str, write: Callable[[str], Any] | None = None,
             **settings: Any) -> dict[str, Any]:
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a string, got {type(text).__name__}")
-        text = valid_text(text)
+        text = self.check_input(text)
         prompt_ids = self.tokenize(text)
         shown = self.text_of(prompt_ids, [])
         if write is not None:

@@ -13,7 +13,8 @@ from export.modules.base import ExportModule
 _MODULES: dict[str, type[ExportModule]] = {}
 _BUILTIN = {"text_classification": "export.modules.text_classification",
             "translation": "export.modules.translation",
-            "language_modeling": "export.modules.language_modeling"}
+            "language_modeling": "export.modules.language_modeling",
+            "image_classification": "export.modules.image_classification"}
 
 
 def register_export_module(task_name: str):

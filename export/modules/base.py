@@ -26,6 +26,7 @@ class ExportModule:
             gate points one unit of it is (100 for a ratio such as accuracy).
         latency_unit: what one batch-1 latency run is (`latency_call`), as
             the quantization report says it.
+        int8_input: the int8 variant's input type ("float32", "uint8").
     """
 
     tflite_signatures: ClassVar[tuple[str, ...]] = ("serving_default",)
@@ -33,6 +34,9 @@ class ExportModule:
     gate_direction: ClassVar[str] = "max"
     gate_scale: ClassVar[float] = 100.0
     latency_unit: ClassVar[str] = "one call of the first signature"
+    # The int8 variant's input type for float inputs: "float32" or "uint8"
+    # (image pixels, as MediaPipe and on-device camera pipelines feed them).
+    int8_input: ClassVar[str] = "float32"
 
     def __init__(self, task, model):
         from export.saved_model import float32_model

@@ -9,6 +9,7 @@ from models.layers.masking import (
     merge_padding_and_attention_mask,
 )
 from models.layers.multi_head_attention import MultiHeadAttention
+from models.layers.patch_embedding import PatchEmbedding
 from models.layers.sine_position_encoding import SinePositionEncoding
 from models.layers.token_and_position_embedding import TokenAndPositionEmbedding
 from models.layers.transformer_decoder import TransformerDecoder
@@ -19,6 +20,7 @@ __all__ = [
     "LayerNormalization",
     "MaskedLMHead",
     "MultiHeadAttention",
+    "PatchEmbedding",
     "SinePositionEncoding",
     "TokenAndPositionEmbedding",
     "TransformerDecoder",

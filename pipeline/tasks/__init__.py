@@ -19,7 +19,8 @@ _TASKS: dict[str, type[Task]] = {}
 _BUILTIN = {"text_classification": "pipeline.tasks.text_classification",
             "masked_lm": "pipeline.tasks.masked_lm",
             "translation": "pipeline.tasks.translation",
-            "language_modeling": "pipeline.tasks.language_modeling"}
+            "language_modeling": "pipeline.tasks.language_modeling",
+            "image_classification": "pipeline.tasks.image_classification"}
 
 DEFAULT_TASK = "text_classification"
 

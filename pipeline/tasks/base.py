@@ -43,6 +43,8 @@ class Task:
     log_names: ClassVar[dict[str, str]] = {}
     # The config key of the global batch size, for error messages.
     batch_size_key: ClassVar[str] = "train.global_batch_size"
+    # What the end-of-run summary shows as the edge app's input.
+    edge_example: ClassVar[str] = '"some text"'
 
     def __init__(self, cfg: ExperimentConfig, log=print):
         self.cfg = cfg

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from pipeline.config import ConfigError, check
+from pipeline.evaluate import tfidf_baseline
 from pipeline.files import copy_atomic, write_json, write_labels
 from pipeline.tasks import register_task
 from pipeline.tasks.base import Task, sample_indices, softmax
@@ -30,6 +31,7 @@ class TextClassificationTask(Task):
     best_metric = "accuracy"
     best_direction = "max"
     log_names = {"accuracy": "acc"}
+    baseline_name = "TF-IDF + linear SVM, same split and text"
 
     @classmethod
     def validate_config(cls, cfg) -> None:
@@ -241,7 +243,7 @@ class TextClassificationTask(Task):
     def evaluate(self, model, baseline=True):
         """Test accuracy, macro-F1, per-class F1, the confusion matrix PNG and
         the TF-IDF + linear SVM baseline on the same split and text."""
-        from pipeline.evaluate import classification_metrics, plot_confusion_matrix, tfidf_baseline
+        from pipeline.evaluate import classification_metrics, plot_confusion_matrix
         from pipeline.progress import Progress, counted
         from pipeline.trainer import validate
 
@@ -263,13 +265,23 @@ class TextClassificationTask(Task):
             f"macro-F1 {metrics['macro_f1']:.3f}")
         result = {"test": metrics, "confusion_matrix_png": figure,
                   "text": self.splits.description, "reference": softmax(logits)}
+        result.update(self.test_figures(labels, predictions))
         if baseline:
-            train, test = self.sample("train"), self.sample("test")
-            result["baseline"] = tfidf_baseline(
-                [e["text"] for e in train], np.array([e["label"] for e in train]),
-                [e["text"] for e in test], np.array([e["label"] for e in test]),
-                self.label_names, log=log)
+            result["baseline"] = self.baseline()
         return result
+
+    def test_figures(self, labels, predictions) -> dict:
+        """Extra test-split figures of a subclass: metrics.json key -> path."""
+        return {}
+
+    def baseline(self) -> dict:
+        """The classical baseline's test metrics on the same split and text:
+        TF-IDF + a linear SVM (`baseline_name`)."""
+        train, test = self.sample("train"), self.sample("test")
+        return tfidf_baseline(
+            [e["text"] for e in train], np.array([e["label"] for e in train]),
+            [e["text"] for e in test], np.array([e["label"] for e in test]),
+            self.label_names, log=self.log)
 
     def summary_lines(self, metrics):
         """The model, the from-scratch run it is compared with (when there is
@@ -288,8 +300,7 @@ class TextClassificationTask(Task):
         if "baseline" in metrics:
             base = metrics["baseline"]
             lines.append(f"  test accuracy {base['accuracy']:.4f}  macro-F1 "
-                         f"{base['macro_f1']:.4f}   (baseline: TF-IDF + linear SVM, "
-                         "same split and text)")
+                         f"{base['macro_f1']:.4f}   (baseline: {self.baseline_name})")
             lines.append(verdict(test, base))
         return lines
 

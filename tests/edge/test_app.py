@@ -544,7 +544,7 @@ def test_requirements_pins():
     reqs = [line.strip() for line in REQUIREMENTS.read_text().splitlines()
             if line.strip() and not line.startswith("#")]
     names = {r.split("==")[0].lower() for r in reqs}
-    assert names == {"ai-edge-litert", "sentencepiece", "numpy"}
+    assert names == {"ai-edge-litert", "sentencepiece", "numpy", "pillow"}
     assert all("==" in r for r in reqs)
     assert "ai-edge-litert==2.3.0" in reqs
 
