@@ -38,6 +38,8 @@ class VisionTransformer(keras.Model):
         hidden_dim, intermediate_dim, num_heads, num_layers, dropout,
             norm_first: as in `TransformerEncoderBackbone`.
         stem_channels: filters of the 3x3 stem convolutions. Defaults to `()`.
+        stem_pooling: bool, a stride-2 max pool after each stem conv (CCT).
+            Defaults to `False`.
         position_embedding: `"learned"` or `"sine"`. Defaults to `"learned"`.
         pooling: one of `"class_token"`, `"mean"`, `"attention"`. Defaults
             to `"class_token"`.
@@ -61,7 +63,8 @@ class VisionTransformer(keras.Model):
 
     def __init__(self, num_classes, image_size, channels=1, patch_size=4, hidden_dim=128,
                  intermediate_dim=256, num_heads=4, num_layers=4, dropout=0.1,
-                 norm_first=True, stem_channels=(), position_embedding="learned",
+                 norm_first=True, stem_channels=(), stem_pooling=False,
+                 position_embedding="learned",
                  pooling="class_token", pixel_mean=0.5, pixel_std=0.5, **kwargs):
         super().__init__(**kwargs)
         check_backbone_args(dropout, hidden_dim, num_heads, intermediate_dim=intermediate_dim,
@@ -84,6 +87,7 @@ class VisionTransformer(keras.Model):
         self.dropout = dropout
         self.norm_first = norm_first
         self.stem_channels = [int(c) for c in stem_channels]
+        self.stem_pooling = bool(stem_pooling)
         self.position_embedding = position_embedding
         self.pooling = pooling
         self.pixel_mean = float(pixel_mean)
@@ -91,7 +95,8 @@ class VisionTransformer(keras.Model):
 
         self.patch_embedding = PatchEmbedding(
             self.image_size, patch_size, hidden_dim, stem_channels=self.stem_channels,
-            position_embedding=position_embedding, class_token=pooling == "class_token",
+            stem_pooling=self.stem_pooling, position_embedding=position_embedding,
+            class_token=pooling == "class_token",
             dtype=self.dtype_policy, name="patch_embedding")
         self.embeddings_dropout = Dropout(dropout, dtype=self.dtype_policy,
                                           name="embeddings_dropout")
@@ -156,6 +161,7 @@ class VisionTransformer(keras.Model):
             "num_heads": self.num_heads, "num_layers": self.num_layers,
             "dropout": self.dropout, "norm_first": self.norm_first,
             "stem_channels": self.stem_channels,
+            "stem_pooling": self.stem_pooling,
             "position_embedding": self.position_embedding, "pooling": self.pooling,
             "pixel_mean": self.pixel_mean, "pixel_std": self.pixel_std})
         return config

@@ -118,10 +118,13 @@ class ModelConfig:
     # image_classification (model.name "vision_transformer"): the side of a
     # square patch in pixels; the filters of the 3x3 convolutional stem before
     # patchifying ([] = a plain ViT; Compact Convolutional Transformers use
-    # one); "learned" or "sine" (fixed 2-D) positions. model.pooling is then
+    # one); whether a 3x3 max pool of stride 2 follows each stem conv (CCT's
+    # tokenizer; patch_size then counts pixels of the pooled map); "learned"
+    # or "sine" (fixed 2-D) positions. model.pooling is then
     # "class_token", "mean" or "attention" (CCT's sequence pooling).
     patch_size: int = 4
     stem_channels: list[int] = field(default_factory=list)
+    stem_pooling: bool = False
     position_embedding: str = "learned"
 
 

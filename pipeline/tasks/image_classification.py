@@ -51,8 +51,10 @@ class ImageClassificationTask(TextClassificationTask):
               " or ".join(map(repr, POOLING)) + " for task 'image_classification'")
         check(m.position_embedding in ("learned", "sine"), "model.position_embedding",
               m.position_embedding, "'learned' or 'sine'")
-        check(m.patch_size > 0 and d.image_size % m.patch_size == 0, "model.patch_size",
-              m.patch_size, f"> 0 and a divisor of data.image_size={d.image_size}")
+        stride = m.patch_size * (2 ** len(m.stem_channels) if m.stem_pooling else 1)
+        check(m.patch_size > 0 and d.image_size % stride == 0, "model.patch_size",
+              m.patch_size, f"> 0 and, times 2 per pooled stem conv, a divisor of "
+              f"data.image_size={d.image_size}")
         check(all(isinstance(c, int) and c > 0 for c in m.stem_channels),
               "model.stem_channels", m.stem_channels, "a list of positive ints")
         check(m.position_embedding != "sine" or m.hidden_dim % 4 == 0, "model.hidden_dim",
@@ -65,7 +67,7 @@ class ImageClassificationTask(TextClassificationTask):
     # --------------------------------------------------------------- data
     def prepare(self, strategy=None) -> None:
         """The images (with their data card and a PNG of samples) and labels.txt."""
-        from pipeline.datasets.fashion_mnist import (
+        from pipeline.image_sources import (
             format_data_card,
             load_image_splits,
             write_sample_grid,
@@ -178,7 +180,7 @@ class ImageClassificationTask(TextClassificationTask):
             hidden_dim=m.hidden_dim, intermediate_dim=m.intermediate_dim,
             num_heads=m.num_heads, num_layers=m.num_layers, dropout=m.dropout,
             norm_first=m.norm_first, stem_channels=m.stem_channels,
-            position_embedding=m.position_embedding, pooling=m.pooling,
+            stem_pooling=m.stem_pooling, position_embedding=m.position_embedding, pooling=m.pooling,
             pixel_mean=self.pixel_mean, pixel_std=self.pixel_std, name=m.name)
         model({"pixels": np.zeros((1, *self.image_shape), np.uint8)})
         return model

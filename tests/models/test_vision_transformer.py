@@ -20,13 +20,15 @@ def _images(n=3, shape=(12, 12, 1), seed=0):
 
 
 @pytest.mark.parametrize("class_token", [True, False])
-@pytest.mark.parametrize("stem", [[], [4]])
-def test_patch_embedding_layer(class_token, stem):
+@pytest.mark.parametrize("stem, stem_pooling, patch_size",
+                         [([], False, 4), ([4], False, 4), ([4, 4], True, 1)])
+def test_patch_embedding_layer(class_token, stem, stem_pooling, patch_size):
+    # 8 x 12 pixels -> 2 x 3 patches of 4, or 2 x 3 after two pooled stem convs
     run_layer_test(
         PatchEmbedding,
-        init_kwargs={"image_size": [8, 12], "patch_size": 4, "hidden_dim": 8,
-                     "stem_channels": stem, "position_embedding": "learned",
-                     "class_token": class_token},
+        init_kwargs={"image_size": [8, 12], "patch_size": patch_size, "hidden_dim": 8,
+                     "stem_channels": stem, "stem_pooling": stem_pooling,
+                     "position_embedding": "learned", "class_token": class_token},
         input_data=np.random.default_rng(0).normal(size=(2, 8, 12, 3)).astype("float32"),
         expected_output_shape=(2, 6 + int(class_token), 8),
         # projection kernel+bias, positions, stem kernel+bias each, class token
@@ -47,6 +49,19 @@ def test_patch_embedding_is_a_linear_projection_of_each_patch():
             patch = images[:, 4 * i:4 * i + 4, 4 * j:4 * j + 4, :]
             expected = np.einsum("bhwc,hwcd->bd", patch, kernel) + bias + positions[2 * i + j]
             np.testing.assert_allclose(out[:, 2 * i + j], expected, atol=1e-5)
+
+
+def test_pooled_stem_is_conv_then_3x3_stride_2_max_pool():
+    """With `stem_pooling`, each stem conv's output is max-pooled (3x3 window,
+    stride 2, SAME padding) before the next conv and the patchify."""
+    layer = PatchEmbedding(8, 2, 6, stem_channels=[3], stem_pooling=True, class_token=False)
+    images = np.random.default_rng(2).normal(size=(2, 8, 8, 1)).astype("float32")
+    out = keras.ops.convert_to_numpy(layer(images))
+    assert layer.grid == (2, 2) and out.shape == (2, 4, 6)
+    pooled = tf.nn.max_pool2d(layer.stem[0](images), 3, 2, "SAME")  # (2, 4, 4, 3)
+    expected = keras.ops.convert_to_numpy(layer.projection(pooled)).reshape(2, 4, 6)
+    expected += keras.ops.convert_to_numpy(layer.positions)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
 def test_sine_positions_2d_rows_and_columns():
@@ -110,6 +125,7 @@ def test_training_changes_the_logits_and_learns_a_separable_task():
 @pytest.mark.parametrize("kwargs, message", [
     ({"pooling": "max"}, "pooling"),
     ({"patch_size": 5}, "divisible by `patch_size`"),
+    ({"stem_channels": [4, 4, 4], "stem_pooling": True, "patch_size": 1}, "stem_pooling=True"),
     ({"pixel_std": 0.0}, "pixel_std"),
     ({"hidden_dim": 15}, "num_heads"),
 ])
@@ -121,7 +137,8 @@ def test_bad_arguments_name_the_argument(kwargs, message):
 def test_tflite_float32_uses_builtins_and_matches_keras(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
-    model = models.VisionTransformer(**SMALL, stem_channels=[4], pooling="attention")
+    model = models.VisionTransformer(**{**SMALL, "patch_size": 2}, stem_channels=[4],
+                                     stem_pooling=True, pooling="attention")
     images = _images(1)
     expected = keras.ops.convert_to_numpy(model(images))
     archive = keras.export.ExportArchive()

@@ -1,5 +1,5 @@
 """The fashion_mnist_debian TFDS builder (Debian dataset-fashion-mnist) and the
-image sources of image classification (`load_image_splits`)."""
+image sources of image classification (`pipeline.image_sources`)."""
 
 import dataclasses
 import gzip
@@ -16,19 +16,21 @@ from pipeline.datasets.fashion_mnist import (
     CLASS_NAMES,
     DEFAULT_DIR,
     FashionMnist,
+    main,
+    read_idx,
+    read_splits,
+    validation_mask,
+)
+from pipeline.datasets.wordnet_topics import DataPackageMissing
+from pipeline.files import hash_split
+from pipeline.image_sources import (
     ImageSplits,
     data_card,
     decode_image,
     format_data_card,
     load_image_splits,
-    main,
-    read_idx,
-    read_splits,
-    validation_mask,
     write_sample_grid,
 )
-from pipeline.datasets.wordnet_topics import DataPackageMissing
-from pipeline.files import hash_split
 from pipeline.sources import SPLITS, DataError
 
 QUIET = dict(log=lambda *_: None)
