@@ -242,8 +242,12 @@ class RuntimeConfig:
     logical_cpu_devices: int = 0
     # Keras dtype policy: "float32" or "mixed_bfloat16".
     precision: str = "float32"
-    # Compile the train step with XLA.
+    # Compile the train step's forward and backward pass with XLA (slower than
+    # none on this CPU in bfloat16: README, performance).
     jit_compile: bool = False
+    # Compile the optimizer update with XLA (fused AdamW; default strategy
+    # only: a distributed strategy's update all-reduces and stays uncompiled).
+    jit_compile_optimizer: bool = True
     # Root of everything a run writes; the run goes to <root>/<experiment>.
     artifacts_root: str = "artifacts"
 

@@ -121,9 +121,19 @@ def make_optimizer(t: TrainConfig, total_steps: int,
     return keras.optimizers.AdamW(**kwargs)
 
 
+def compiles_optimizer(strategy: tf.distribute.Strategy, setting: bool = True) -> bool:
+    """Whether the optimizer update is compiled with XLA: when `setting`
+    (runtime.jit_compile_optimizer) and the strategy is the default one. Under
+    a distribution strategy the update all-reduces the gradients across
+    replicas (a merge call), which XLA cannot hold."""
+    return bool(setting) and not tf.distribute.has_strategy() and \
+        strategy is tf.distribute.get_strategy()
+
+
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                     strategy: tf.distribute.Strategy, compute_loss,
-                    global_batch_size: int, jit_compile: bool = False):
+                    global_batch_size: int, jit_compile: bool = False,
+                    jit_compile_optimizer: bool = False):
     """The distributed training step shared by every task and by the benchmark.
 
     `compute_loss(inputs, targets)` runs the model (training=True) on one
@@ -135,8 +145,15 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     the next batch from a distributed iterator, applies one optimizer step on
     every replica and returns the loss, the logs and the stop flag, each
     summed over replicas. With `jit_compile`, the forward and backward pass is
-    compiled with XLA (the optimizer update is not).
+    compiled with XLA. With `jit_compile_optimizer` (only for the default
+    strategy: see `compiles_optimizer`), the optimizer update is: AdamW's
+    ~10 small ops per variable, clipping and weight decay become a few fused
+    kernels (the update of the quickstart's classifier took 21 of a 56 ms
+    step uncompiled, 7 compiled, on this CPU).
     """
+    if jit_compile_optimizer and not compiles_optimizer(strategy):
+        raise ValueError("make_train_step: jit_compile_optimizer needs the default "
+                         "strategy (the update of a distributed one all-reduces)")
     def forward_backward(inputs, targets):
         with tf.GradientTape() as tape:
             per_example, logs = compute_loss(inputs, targets)
@@ -148,9 +165,24 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     if jit_compile:
         forward_backward = tf.function(forward_backward, jit_compile=True)
 
+    def update(grads):
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+    if jit_compile_optimizer:
+        compiled_update = tf.function(update, jit_compile=True)
+
+        def apply(grads):
+            # Sparse gradients (an embedding's IndexedSlices) enter XLA dense:
+            # for a token repeated in a batch, Adam's second moment then takes
+            # the square of its summed gradient (textbook Adam), where Keras'
+            # sparse path sums the squares of each occurrence's gradient.
+            compiled_update([tf.convert_to_tensor(g) for g in grads])
+    else:
+        apply = update
+
     def replica_step(inputs, targets, stop_requested):
         loss, logs, grads = forward_backward(inputs, targets)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        apply(grads)
         return loss, logs, tf.identity(stop_requested)
 
     def total(value):
@@ -334,8 +366,10 @@ def train(task, log=print, strategy: tf.distribute.Strategy | None = None) -> Tr
     def compute_loss(inputs, targets):
         return task.compute_loss(model, inputs, targets, training=True)
 
-    train_step = make_train_step(model, optimizer, strategy, compute_loss,
-                                 t.global_batch_size, jit_compile=cfg.runtime.jit_compile)
+    train_step = make_train_step(
+        model, optimizer, strategy, compute_loss, t.global_batch_size,
+        jit_compile=cfg.runtime.jit_compile,
+        jit_compile_optimizer=compiles_optimizer(strategy, cfg.runtime.jit_compile_optimizer))
 
     sigterm = threading.Event()
     previous_handler = None

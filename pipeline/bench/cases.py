@@ -59,12 +59,13 @@ def build_classifier(cfg, vocabulary_size: int, num_classes: int):
 class OursCase:
     """Our TextClassifier with the project's optimizer and distributed step."""
 
-    def __init__(self, cfg, s: Settings, precision: str, jit_compile: bool):
+    def __init__(self, cfg, s: Settings, precision: str, jit_compile: bool,
+                 compile_optimizer: bool = True):
         import keras
         import tensorflow as tf
 
         from pipeline.distribute import get_strategy
-        from pipeline.trainer import make_optimizer, make_train_step
+        from pipeline.trainer import compiles_optimizer, make_optimizer, make_train_step
 
         self.precision, self.jit_compile = precision, jit_compile
         # The dtype policy is global: set it for this model only.
@@ -91,8 +92,13 @@ class OursCase:
             return per_example, {"accuracy": correct}
 
         self.compute_loss = compute_loss
+        # As the trainer does: the update compiled with XLA under the default
+        # strategy (runtime.jit_compile_optimizer), unless this case is the
+        # uncompiled comparison.
+        self.compile_optimizer = compiles_optimizer(self.strategy, compile_optimizer)
         self.train_step = make_train_step(model, self.optimizer, self.strategy,
-                                          compute_loss, s.batch, jit_compile=jit_compile)
+                                          compute_loss, s.batch, jit_compile=jit_compile,
+                                          jit_compile_optimizer=self.compile_optimizer)
         ids, labels = random_batches(s)
         inputs = {"token_ids": ids, "padding_mask": ids != 0}
         dataset = tf.data.Dataset.from_tensor_slices((inputs, labels)) \
@@ -106,7 +112,8 @@ class OursCase:
 
     @property
     def name(self) -> str:
-        return f"ours {self.precision}" + (" + XLA" if self.jit_compile else "")
+        return f"ours {self.precision}" + (" + XLA" if self.jit_compile else "") + \
+            ("" if self.compile_optimizer else ", optimizer uncompiled")
 
     def step(self) -> None:
         loss, _, _ = self.train_step(self.iterator, self.no_stop)

@@ -364,6 +364,8 @@ def measure_training(s: Settings, cfg) -> tuple[dict, object]:
     reference = ReferenceCase(s)
     ours = [OursCase(cfg, s, precision, jit)
             for precision in ("float32", "mixed_bfloat16") for jit in (False, True)]
+    # What compiling the optimizer update (runtime.jit_compile_optimizer) buys.
+    ours.append(OursCase(cfg, s, "mixed_bfloat16", False, compile_optimizer=False))
     log(f"[bench] models built: ours {ours[0].model.count_params():,} parameters, "
         f"reference {reference.model.count_params():,} "
         f"({time.time() - t0:.0f}s); warming up (XLA compiles) ...")

@@ -272,9 +272,15 @@ def write_markdown(path: str, r: dict, summary_text: str) -> str:
         f"- **ours**: `models.TextClassifier` ({t['ours_model']['parameters']:,} "
         "parameters, the text-classification task's keyword arguments), trained with "
         f"{t['ours_model']['loop']}; optimizer {t['ours_model']['optimizer']}. "
-        "XLA (`jit_compile`) covers forward + backward, "
-        "not the optimizer update. Its layers replace three Keras ops in training "
-        "only, with the same functions and weights (tests/models/test_fast_training_ops.py): "
+        + ("XLA (`jit_compile`) covers forward + backward; the optimizer update is "
+           "compiled with XLA on its own (`runtime.jit_compile_optimizer`, the default) "
+           "but in the case marked \"optimizer uncompiled\". "
+           if any("optimizer uncompiled" in name for name in t["cases"]) else
+           # Results of runs before the update was compiled.
+           "XLA (`jit_compile`) covers forward + backward, not the optimizer update. ")
+        + "Its layers replace three "
+        "Keras ops in training only, with the same functions and weights "
+        "(tests/models/test_fast_training_ops.py): "
         "`models.layers.Dropout` (a 16-bit random draw per element instead of a float), "
         "`models.layers.LayerNormalization` and `models.layers.activations.gelu` (gradients "
         "written out instead of autodiff through the moments and `Erfc`; the GELU's forward "
