@@ -148,8 +148,10 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     compiled with XLA. With `jit_compile_optimizer` (only for the default
     strategy: see `compiles_optimizer`), the optimizer update is: AdamW's
     ~10 small ops per variable, clipping and weight decay become a few fused
-    kernels (the update of the quickstart's classifier took 21 of a 56 ms
-    step uncompiled, 7 compiled, on this CPU).
+    kernels. On an idle machine that is worth ~2% at the quickstart's shape
+    (`python -m pipeline bench`); with other processes on the cores, where
+    each small op waits for a core, an update took 21 of a 56 ms step
+    uncompiled and 7 compiled (README, the quickstart's budget).
     """
     if jit_compile_optimizer and not compiles_optimizer(strategy):
         raise ValueError("make_train_step: jit_compile_optimizer needs the default "
