@@ -27,6 +27,9 @@ examples:
   python -m pipeline show-config configs/text_classification.yaml --set model.num_layers=4
   python -m pipeline tensorboard configs/text_classification.yaml --port 6006
   python -m pipeline launch --workers 2 configs/text_classification_debug.yaml
+  python -m pipeline data-service --workers 2   # tf.data service; prints its address
+  python -m pipeline run configs/text_classification_debug.yaml \
+      --set runtime.data_service=grpc://127.0.0.1:PORT
   python -m pipeline bench                      # performance report: docs/BENCHMARKS.md
 
 Every run writes under artifacts/<experiment name>/; running the same command
@@ -113,6 +116,20 @@ def main(argv=None) -> int:
         "bench", help=bench_help, description=bench_help, epilog=bench_module.EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_module.add_arguments(bench_parser)
+    service_help = ("start a tf.data service on 127.0.0.1 (a dispatcher and N worker "
+                    "processes) for runtime.data_service; Ctrl-C stops it")
+    service = commands.add_parser(
+        "data-service", help=service_help, description=service_help, epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    service.add_argument("--workers", type=int, default=2, help="number of workers")
+    service.add_argument("--port", type=int, default=0,
+                         help="dispatcher port (default: a free one)")
+    service.add_argument("--work-dir", "--work_dir", dest="work_dir", default="",
+                         help="directory where the dispatcher journals its state "
+                         "(a restarted dispatcher recovers it)")
+    service.add_argument("--timeout", type=float, default=120,
+                         help="seconds for the dispatcher and every worker to come up "
+                         "(default 120)")
     commands.choices["run"].add_argument(
         "--no-export", action="store_true",
         help="stop after evaluation (metrics.json without the SavedModel, TFLite and "
@@ -128,9 +145,14 @@ def main(argv=None) -> int:
     if args.command == "bench":
         argv = sys.argv[1:] if argv is None else list(argv)
         return bench_module.run_bench(args, argv[1:])
+    if args.command == "data-service":
+        from pipeline.data_service import serve
+
+        return serve(args.workers, args.port, args.work_dir, args.timeout)
 
     from export.check_serving import ServingCheckError
     from pipeline.config import ConfigError
+    from pipeline.data_service import DataServiceError
     from pipeline.datasets.wordnet_topics import DataPackageMissing
     from pipeline.sources import DataError
 
@@ -186,7 +208,7 @@ def main(argv=None) -> int:
                            {k: v for k, v in evaluation.items() if k != "reference"})
         return 0
     except (ConfigError, DataError, DataPackageMissing, FileNotFoundError,
-            ServingCheckError) as err:
+            ServingCheckError, DataServiceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:

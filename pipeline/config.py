@@ -250,6 +250,13 @@ class RuntimeConfig:
     jit_compile_optimizer: bool = True
     # Root of everything a run writes; the run goes to <root>/<experiment>.
     artifacts_root: str = "artifacts"
+    # Address of a tf.data service dispatcher, grpc://HOST:PORT: its workers
+    # tokenize the training split, this process shuffles and batches what
+    # they send ("" = all the input work in this process). `python -m
+    # pipeline data-service` starts one; validation and test are read locally.
+    data_service: str = ""
+    # Fail when the data_service dispatcher does not answer within this time.
+    data_service_timeout_seconds: int = 60
 
 
 @dataclass
@@ -379,6 +386,12 @@ class ExperimentConfig:
                r.step_timeout_seconds, ">= 0")
         _check(r.precision in ("float32", "mixed_bfloat16"), "runtime.precision",
                r.precision, "'float32' or 'mixed_bfloat16'")
+        if r.data_service:
+            from pipeline.data_service import parse_address
+
+            parse_address(r.data_service)
+        _check(r.data_service_timeout_seconds > 0, "runtime.data_service_timeout_seconds",
+               r.data_service_timeout_seconds, "> 0")
         for variant in e.tflite_variants:
             _check(variant in TFLITE_VARIANTS, "export.tflite_variants", variant,
                    "each one of " + ", ".join(map(repr, TFLITE_VARIANTS)))
@@ -414,6 +427,9 @@ class ExperimentConfig:
         except KeyError as err:
             raise ConfigError(f"config key 'task' = {_shown(self.task)}: "
                               f"{err.args[0]}") from None
+        _check(not r.data_service or task.supports_data_service, "runtime.data_service",
+               r.data_service, f"'' for task {self.task!r}, whose training data is read "
+               "in the trainer's process only")
         task.validate_config(self)
         return self
 

@@ -56,16 +56,26 @@ def tokenize_examples(dataset: tf.data.Dataset, preprocess, trim=None) -> tf.dat
     A task with other sequences (translation: source and target) passes its
     own; every rank-1 value is a sequence that `batch_examples` pads.
     """
-    def trim_classification(example):
-        return {"token_ids": example["token_ids"][: example["length"]],
-                "label": example["label"]}
+    return unbatch_examples(tokenize_batches(dataset, preprocess), trim)
 
-    return (dataset.batch(TOKENIZE_BATCH)
-            .map(preprocess,
-                 num_parallel_calls=AUTOTUNE, deterministic=True)
-            .unbatch()
-            .map(trim or trim_classification, num_parallel_calls=AUTOTUNE,
-                 deterministic=True))
+
+def tokenize_batches(dataset: tf.data.Dataset, preprocess) -> tf.data.Dataset:
+    """The first half of `tokenize_examples`: raw examples -> `preprocess`ed
+    batches of TOKENIZE_BATCH (the last one smaller), padded to their longest."""
+    return dataset.batch(TOKENIZE_BATCH).map(preprocess, num_parallel_calls=AUTOTUNE,
+                                             deterministic=True)
+
+
+def _trim_classification(example):
+    return {"token_ids": example["token_ids"][: example["length"]],
+            "label": example["label"]}
+
+
+def unbatch_examples(batches: tf.data.Dataset, trim=None) -> tf.data.Dataset:
+    """The second half of `tokenize_examples`: `tokenize_batches`' output ->
+    one unpadded example at a time (`trim`, by default the classification one)."""
+    return batches.unbatch().map(trim or _trim_classification,
+                                 num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def add_padding_mask(batch: dict) -> tuple[dict, tf.Tensor]:
@@ -132,7 +142,14 @@ def make_train_dataset(source: tf.data.Dataset, preprocess,
     The order depends only on `train.seed`, so a resumed run skips exactly the
     batches already trained on (`skip_batches` = completed steps). `trim` and
     `finalize` are the task's hooks of `tokenize_examples` and `batch_examples`.
+    With `runtime.data_service` set, the tf.data service produces the stream
+    instead (`make_service_train_dataset`: not in a reproducible order).
     """
+    if cfg.runtime.data_service:
+        return make_service_train_dataset(source, preprocess, cfg, batch_size,
+                                          start_step=skip_batches,
+                                          input_context=input_context, trim=trim,
+                                          finalize=finalize)
     t = cfg.train
     dataset = source
     if input_context is not None and input_context.num_input_pipelines > 1:
@@ -148,6 +165,79 @@ def make_train_dataset(source: tf.data.Dataset, preprocess,
     options = tf.data.Options()
     options.deterministic = True
     return dataset.with_options(options).prefetch(AUTOTUNE)
+
+
+def split_in_chunks(source: tf.data.Dataset, size: int) -> tf.data.Dataset:
+    """The examples of `source`, in order, as a dataset whose splittable
+    source is the chunk index: a tf.data service in DYNAMIC mode then hands
+    out `size` consecutive examples per split. `source` as it is when its
+    length is unknown."""
+    count = int(source.cardinality())
+    if count < 0:
+        return source
+    chunks = tf.data.Dataset.range((count + size - 1) // size)
+    return chunks.flat_map(lambda i: source.skip(i * size).take(size))
+
+
+def make_service_train_dataset(source: tf.data.Dataset, preprocess,
+                               cfg: ExperimentConfig, batch_size: int,
+                               start_step: int = 0,
+                               input_context: tf.distribute.InputContext | None = None,
+                               trim=None, finalize=add_padding_mask) -> tf.data.Dataset:
+    """The training stream of `make_train_dataset` with its tokenization done
+    by the tf.data service at `runtime.data_service`: its workers tokenize one
+    pass over the data per job; this process shuffles, buckets and batches
+    what they send. Why it is cut this way (trials in docs/DATA_SERVICE.md):
+
+    Processing mode ShardingPolicy.DYNAMIC ("distributed_epoch"): the
+    dispatcher hands chunks of the source to the workers as they ask, so one
+    job (one pass, one epoch here) tokenizes each example once, on whichever
+    worker took it. `repeat()` is on this side: each epoch is a new job, and
+    an epoch holds each example exactly once, as locally. Each trainer of a
+    multi-worker run reads its own shard, as locally, through its own jobs
+    (`pipeline.data_service.job_name` says why they share none).
+    The other modes do not fit: with OFF every worker produces all the data
+    (two workers: every example twice per epoch); the static ones (FILE,
+    DATA, HINT) need each trainer to read only from a worker inside its own
+    process (target_workers="LOCAL"), and these are other processes or hosts.
+
+    What runs where, and what differs from the local stream:
+    - shuffle and bucketing stay here. On the workers, each one shuffles its
+      own share and emits nothing before the end of its share of an epoch;
+      the faster one then takes most of the next epoch, and the trainer gets
+      neighbouring epochs interleaved (an epoch's worth of batches repeats
+      some examples and misses others).
+    - no cache(): the workers tokenize again every epoch (that is the work
+      they take off the trainer). A cache on the workers would also pin the
+      examples a worker got in the first epoch to it, so those of a worker
+      that dies would be gone for the rest of training.
+    - the dispatcher hands out chunks of TOKENIZE_BATCH consecutive examples
+      (`split_in_chunks`): one split request per example is several times
+      slower. Whole tokenized batches travel to the trainer.
+    - no skip(start_step): the order depends on the order in which the
+      workers' batches arrive, so it cannot be replayed; a resumed run reads
+      a new job, which starts a fresh epoch.
+    - the trainer's shuffle holds a whole epoch (as locally), so each epoch
+      starts once the workers have tokenized all of it.
+    """
+    from pipeline import data_service
+
+    t = cfg.train
+    trainer, trainers = 0, 1
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        trainer, trainers = input_context.input_pipeline_id, input_context.num_input_pipelines
+        source = source.shard(trainers, trainer)
+    served = tokenize_batches(split_in_chunks(source, TOKENIZE_BATCH), preprocess)
+    served = data_service.distribute(
+        served, cfg.runtime.data_service,
+        data_service.job_name(cfg, start_step, trainer, trainers),
+        timeout=cfg.runtime.data_service_timeout_seconds)
+    dataset = unbatch_examples(served, trim)
+    dataset = dataset.shuffle(t.shuffle_buffer, seed=t.seed,
+                              reshuffle_each_iteration=True).repeat()
+    dataset = batch_examples(dataset, batch_size, cfg.model.max_sequence_length,
+                             t.bucket_by_length, drop_remainder=True, finalize=finalize)
+    return dataset.prefetch(AUTOTUNE)
 
 
 def make_eval_dataset(source: tf.data.Dataset, preprocess,

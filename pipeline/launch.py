@@ -25,8 +25,6 @@ import sys
 import threading
 import time
 
-from pipeline.distribute import tf_config_for
-
 
 def free_ports(count: int) -> list[int]:
     sockets = []
@@ -40,15 +38,43 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def _stream(process: subprocess.Popen, prefix: str) -> None:
+def stream_output(process: subprocess.Popen, prefix: str) -> None:
+    """Copies a child's output (stdout, stderr merged) line by line to ours,
+    each line prefixed (`[w0]`); run it in a thread per child."""
     for line in iter(process.stdout.readline, ""):
         sys.stdout.write(f"{prefix} {line}")
         sys.stdout.flush()
 
 
+def start_streamed(cmd: list[str], prefix: str, env: dict | None = None
+                   ) -> subprocess.Popen:
+    """Starts `cmd` in its own process group (so `signal_all` reaches its
+    children and a terminal's Ctrl-C reaches only us) with its output
+    streamed by a daemon thread (`process.output_thread`: join it after the
+    process exits so its last lines are not lost)."""
+    process = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    process.output_thread = threading.Thread(target=stream_output, args=(process, prefix),
+                                             daemon=True)
+    process.output_thread.start()
+    return process
+
+
+def signal_all(processes: list[subprocess.Popen], sig: int) -> None:
+    """Sends `sig` to the process group of every child still running."""
+    for p in processes:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
 def launch(config: str, overrides: list[str], workers: int, command: str = "run",
            timeout: float = 0, grace_seconds: float | None = None) -> int:
     from pipeline.config import load_config
+    from pipeline.distribute import tf_config_for
     from pipeline.workflow import prepare
 
     if workers < 1:
@@ -66,26 +92,15 @@ def launch(config: str, overrides: list[str], workers: int, command: str = "run"
         cmd = [sys.executable, "-m", "pipeline", command, config]
         for o in overrides:
             cmd += ["--set", o]
-        processes.append(subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True))
+        processes.append(start_streamed(cmd, f"[w{index}]", env))
         print(f"[launch] worker {index} pid {processes[-1].pid} at {addresses[index]}",
               flush=True)
-    threads = [threading.Thread(target=_stream, args=(p, f"[w{i}]"), daemon=True)
-               for i, p in enumerate(processes)]
-    for t in threads:
-        t.start()
     grace = grace_seconds if grace_seconds is not None else \
         cfg.runtime.step_timeout_seconds + cfg.runtime.collective_timeout_seconds
     start, failed_at = time.time(), None
 
     def stop_all(sig):
-        for p in processes:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, sig)
-                except ProcessLookupError:
-                    pass
+        signal_all(processes, sig)
 
     def forward(signum, _frame):  # SIGTERM/SIGINT to the launcher -> workers save
         stop_all(signal.SIGTERM)
@@ -110,8 +125,8 @@ def launch(config: str, overrides: list[str], workers: int, command: str = "run"
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-    for t in threads:
-        t.join(timeout=5)
+    for p in processes:
+        p.output_thread.join(timeout=5)
     codes = [p.returncode for p in processes]
     print(f"[launch] worker exit codes {codes} after {time.time() - start:.0f}s", flush=True)
     return 0 if all(c == 0 for c in codes) else 1

@@ -272,10 +272,12 @@ class _Saver:
 
 
 class _Watchdog:
-    """Ends the process when a step hangs (e.g. a peer worker was killed)."""
+    """Ends the process when a step hangs (e.g. a peer worker was killed);
+    `cause` is the likely reason the message gives."""
 
-    def __init__(self, timeout_seconds: int, log):
-        self.timeout, self.log = timeout_seconds, log
+    def __init__(self, timeout_seconds: int, log,
+                 cause: str = "a peer worker has probably died"):
+        self.timeout, self.log, self.cause = timeout_seconds, log, cause
         self.deadline: float | None = None
         if timeout_seconds:
             threading.Thread(target=self._watch, daemon=True,
@@ -293,9 +295,9 @@ class _Watchdog:
             time.sleep(1.0)
             if self.deadline is not None and time.time() > self.deadline:
                 self.log(f"[train] error: no training step finished within "
-                         f"{self.timeout}s (runtime.step_timeout_seconds); a peer "
-                         "worker has probably died. Exiting; rerun the same command "
-                         "to resume from the latest checkpoint.")
+                         f"{self.timeout}s (runtime.step_timeout_seconds); "
+                         f"{self.cause}. Exiting; rerun the same command to resume "
+                         "from the latest checkpoint.")
                 sys.stdout.flush()
                 os._exit(75)
 
@@ -358,6 +360,16 @@ def train(task, log=print, strategy: tf.distribute.Strategy | None = None) -> Tr
         f"{total_steps:,} steps")
 
     per_replica_batch = t.global_batch_size // replicas
+    if cfg.runtime.data_service and task.supports_data_service:
+        from pipeline import data_service
+
+        address = data_service.parse_address(cfg.runtime.data_service)
+        workers = data_service.wait_for_dispatcher(
+            address, cfg.runtime.data_service_timeout_seconds)
+        log(f"{prefix} input: tf.data service {address}, {len(workers)} worker(s) "
+            f"registered{'' if workers else ' (training waits for one)'}, jobs "
+            f"{data_service.job_prefix(cfg, start_step)}-*, one per epoch: each "
+            "example once per epoch, in no reproducible order")
     train_data = strategy.distribute_datasets_from_function(
         lambda ctx: task.train_dataset(per_replica_batch, skip_batches=start_step,
                                        input_context=ctx))
@@ -378,6 +390,10 @@ def train(task, log=print, strategy: tf.distribute.Strategy | None = None) -> Tr
     if threading.current_thread() is threading.main_thread():
         previous_handler = signal.signal(signal.SIGTERM, lambda *_: sigterm.set())
     watchdog = _Watchdog(cfg.runtime.step_timeout_seconds, log)
+    if cfg.runtime.data_service and task.supports_data_service:
+        watchdog.cause = (f"a peer worker, or a worker or the dispatcher of the "
+                          f"tf.data service at {cfg.runtime.data_service}, has probably "
+                          "died")
 
     train_dir, val_dir = task.tensorboard_dirs()
     if is_chief:

@@ -189,7 +189,8 @@ def compare_with_from_scratch(cfg, metrics, strategy=None) -> dict | None:
 # with another strategy or stale pretrain.* values is still the same twin.
 HOW_A_RUN_IS_RUN = ("name", "pretrain.", "runtime.strategy", "runtime.devices",
                     "runtime.tpu_address", "runtime.collective_timeout_seconds",
-                    "runtime.step_timeout_seconds", "runtime.logical_cpu_devices")
+                    "runtime.step_timeout_seconds", "runtime.logical_cpu_devices",
+                    "runtime.data_service")
 
 
 def settings_changed(saved_config: str, cfg, ignore=()) -> list[str]:

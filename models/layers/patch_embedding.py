@@ -109,7 +109,7 @@ class PatchEmbedding(keras.layers.Layer):
 
     def build(self, input_shape):
         shape = tuple(input_shape)
-        for i, conv in enumerate(self.stem):
+        for conv in self.stem:
             conv.build(shape)
             shape = shape[:-1] + (conv.filters,)
             if self.stem_pooling:

@@ -15,6 +15,8 @@ The package:
   cases.py     what is timed: our model's step, the reference's, the export module
   measure.py   the measurements; `measure_all` returns one JSON-ready dict
   report.py    that dict as the printed summary, JSON and markdown
+  input_service.py  `--data-service N`: the training input's examples/s, local
+               against a tf.data service of N worker processes
 
 This module is the command-line entry `pipeline/cli.py` uses: `EXAMPLES`,
 `add_arguments` and `run_bench`. Results go to a JSON file and a markdown
@@ -38,6 +40,7 @@ examples:
   python -m pipeline bench --quick --out-json /tmp/b.json --out-md /tmp/B.md   # tiny shape, ~1 min
   python -m pipeline bench --generation configs/language_model.yaml   # decoding speed
   python -m pipeline bench --generation configs/translation.yaml
+  python -m pipeline bench --data-service 2     # input examples/s, local vs tf.data service
 
 Run it on an otherwise idle machine: the load average at the start is written
 into the report, which says so when the machine was shared.
@@ -103,6 +106,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--new-tokens", type=int, default=32, metavar="N",
                      help="ids generated per input (default 32; at most the model's "
                      "room)")
+    service = parser.add_argument_group(
+        "input through a tf.data service (pipeline/bench/input_service.py)")
+    service.add_argument("--data-service", type=int, default=0, metavar="N",
+                         help="measure the training input's examples/s locally and "
+                         "through a tf.data service of N worker processes on 127.0.0.1 "
+                         "(same run, alternating); uses --input-texts, --seq, --batch, "
+                         "--vocab, --repeats; writes JSON only with --out-json")
     out = parser.add_argument_group("output")
     out.add_argument("--out-json", default=None,
                      help="JSON results (default docs/benchmarks.json; with --generation "
@@ -133,6 +143,18 @@ def run_bench(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         except (ConfigError, ValueError, FileNotFoundError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+    if args.data_service:
+        if args.data_service < 1:
+            print("error: --data-service must be >= 1 (workers)", file=sys.stderr)
+            return 2
+        try:
+            s = resolve(args)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        from pipeline.bench.input_service import run_input_service_bench
+
+        return run_input_service_bench(s, args.data_service, args.out_json, command)
     args.out_json = args.out_json or "docs/benchmarks.json"
     args.out_md = args.out_md or "docs/BENCHMARKS.md"
     try:

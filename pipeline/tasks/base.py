@@ -45,6 +45,9 @@ class Task:
     batch_size_key: ClassVar[str] = "train.global_batch_size"
     # What the end-of-run summary shows as the edge app's input.
     edge_example: ClassVar[str] = '"some text"'
+    # Whether `train_dataset` honours `runtime.data_service` (it builds its
+    # stream with `pipeline.input.make_train_dataset`).
+    supports_data_service: ClassVar[bool] = False
 
     def __init__(self, cfg: ExperimentConfig, log=print):
         self.cfg = cfg

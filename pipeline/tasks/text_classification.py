@@ -31,6 +31,7 @@ class TextClassificationTask(Task):
     best_metric = "accuracy"
     best_direction = "max"
     log_names = {"accuracy": "acc"}
+    supports_data_service = True
     baseline_name = "TF-IDF + linear SVM, same split and text"
 
     @classmethod

@@ -36,6 +36,7 @@ class TranslationTask(Task):
     best_metric = "bleu"
     best_direction = "max"
     log_names = {"token_accuracy": "tok-acc"}
+    supports_data_service = True
 
     @classmethod
     def validate_config(cls, cfg) -> None:
