@@ -69,7 +69,8 @@ def test_bench_json_has_every_section(bench_run):
     assert r["machine"]["cpu"] and r["machine"]["usable_cpus"] >= 1
     cases = r["training"]["cases"]
     assert set(cases) == {"reference", "ours float32", "ours float32 + XLA",
-                          "ours mixed_bfloat16", "ours mixed_bfloat16 + XLA"}
+                          "ours mixed_bfloat16", "ours mixed_bfloat16 + XLA",
+                          "ours mixed_bfloat16, optimizer uncompiled"}
     for row in cases.values():
         assert row["examples_per_second"] > 0 and row["gflops"] > 0
         assert row["utilisation_percent"] > 0 and row["repeats"] == 2
