@@ -81,6 +81,13 @@ class DataConfig:
     tfds_data_dir: str = "tensorflow_datasets"
     # Keep at most this many examples per split (0 = all); for debug runs.
     max_examples_per_split: int = 0
+    # Text sources stream: a split of more examples than this is read from its
+    # files at every pass (not held in memory); the tokenizer trainer, the
+    # classical baseline and the data card read a seeded sample of this many.
+    sample_examples: int = 200000
+    # csv/jsonl: examples per TFRecord shard of the prepared data (multi-worker
+    # training reads disjoint shards when there are at least as many as workers).
+    examples_per_shard: int = 100000
 
 
 @dataclass
@@ -355,6 +362,9 @@ class ExperimentConfig:
                ">= 4 (pixels per side)")
         _check(self.data.image_channels in (1, 3), "data.image_channels",
                self.data.image_channels, "1 (grey) or 3 (RGB)")
+        for key in ("sample_examples", "examples_per_shard"):
+            _check(getattr(self.data, key) > 0, f"data.{key}", getattr(self.data, key),
+                   "> 0")
         _check(self.tokenizer.vocabulary_size >= 16, "tokenizer.vocabulary_size",
                self.tokenizer.vocabulary_size, ">= 16")
         _check(self.tokenizer.model_type in ("unigram", "bpe"),

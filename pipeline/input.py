@@ -132,16 +132,32 @@ def batch_examples(dataset: tf.data.Dataset, batch_size: int, max_sequence_lengt
     return dataset.map(finalize, num_parallel_calls=AUTOTUNE)
 
 
-def make_train_dataset(source: tf.data.Dataset, preprocess,
+def shard_source(source, input_context: tf.distribute.InputContext | None):
+    """This input pipeline's share of `source`: a dataset (sharded here by
+    element), or a function input_context -> dataset that shards itself (a
+    source streamed from files shards by file)."""
+    if callable(source):
+        return source(input_context)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        return source.shard(input_context.num_input_pipelines,
+                            input_context.input_pipeline_id)
+    return source
+
+
+def make_train_dataset(source, preprocess,
                        cfg: ExperimentConfig, batch_size: int,
                        skip_batches: int = 0,
                        input_context: tf.distribute.InputContext | None = None,
-                       trim=None, finalize=add_padding_mask) -> tf.data.Dataset:
+                       trim=None, finalize=add_padding_mask,
+                       cache: bool = True) -> tf.data.Dataset:
     """An endless, deterministic stream of training batches.
 
     The order depends only on `train.seed`, so a resumed run skips exactly the
     batches already trained on (`skip_batches` = completed steps). `trim` and
     `finalize` are the task's hooks of `tokenize_examples` and `batch_examples`.
+    `source` is a dataset or a function of the input context (`shard_source`);
+    `cache` keeps the tokenized examples in memory after the first epoch (off
+    for data streamed from files: it is tokenized again every epoch).
     With `runtime.data_service` set, the tf.data service produces the stream
     instead (`make_service_train_dataset`: not in a reproducible order).
     """
@@ -151,11 +167,9 @@ def make_train_dataset(source: tf.data.Dataset, preprocess,
                                           input_context=input_context, trim=trim,
                                           finalize=finalize)
     t = cfg.train
-    dataset = source
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        dataset = dataset.shard(input_context.num_input_pipelines,
-                                input_context.input_pipeline_id)
-    dataset = tokenize_examples(dataset, preprocess, trim).cache()
+    dataset = tokenize_examples(shard_source(source, input_context), preprocess, trim)
+    if cache:
+        dataset = dataset.cache()
     dataset = dataset.shuffle(t.shuffle_buffer, seed=t.seed,
                               reshuffle_each_iteration=True).repeat()
     dataset = batch_examples(dataset, batch_size, cfg.model.max_sequence_length,
@@ -179,7 +193,7 @@ def split_in_chunks(source: tf.data.Dataset, size: int) -> tf.data.Dataset:
     return chunks.flat_map(lambda i: source.skip(i * size).take(size))
 
 
-def make_service_train_dataset(source: tf.data.Dataset, preprocess,
+def make_service_train_dataset(source, preprocess,
                                cfg: ExperimentConfig, batch_size: int,
                                start_step: int = 0,
                                input_context: tf.distribute.InputContext | None = None,
@@ -214,6 +228,10 @@ def make_service_train_dataset(source: tf.data.Dataset, preprocess,
     - the dispatcher hands out chunks of TOKENIZE_BATCH consecutive examples
       (`split_in_chunks`): one split request per example is several times
       slower. Whole tokenized batches travel to the trainer.
+    - a source streamed from files (a split larger than
+      `data.sample_examples`) is split by file: the dispatcher hands out
+      whole TFRecord shards, so give it at least as many shards as workers
+      (`data.examples_per_shard`).
     - no skip(start_step): the order depends on the order in which the
       workers' batches arrive, so it cannot be replayed; a resumed run reads
       a new job, which starts a fresh epoch.
@@ -226,7 +244,7 @@ def make_service_train_dataset(source: tf.data.Dataset, preprocess,
     trainer, trainers = 0, 1
     if input_context is not None and input_context.num_input_pipelines > 1:
         trainer, trainers = input_context.input_pipeline_id, input_context.num_input_pipelines
-        source = source.shard(trainers, trainer)
+    source = shard_source(source, input_context)
     served = tokenize_batches(split_in_chunks(source, TOKENIZE_BATCH), preprocess)
     served = data_service.distribute(
         served, cfg.runtime.data_service,
@@ -242,9 +260,13 @@ def make_service_train_dataset(source: tf.data.Dataset, preprocess,
 
 def make_eval_dataset(source: tf.data.Dataset, preprocess,
                       cfg: ExperimentConfig, batch_size: int,
-                      trim=None, finalize=add_padding_mask) -> tf.data.Dataset:
-    """Batches of the whole split in order, padded to the maximum length."""
-    dataset = tokenize_examples(source, preprocess, trim).cache()
+                      trim=None, finalize=add_padding_mask,
+                      cache: bool = True) -> tf.data.Dataset:
+    """Batches of the whole split in order, padded to the maximum length
+    (tokenized once and kept in memory with `cache`)."""
+    dataset = tokenize_examples(source, preprocess, trim)
+    if cache:
+        dataset = dataset.cache()
     dataset = batch_examples(dataset, batch_size, cfg.model.max_sequence_length,
                              bucket=False, drop_remainder=False, finalize=finalize)
     return dataset.prefetch(AUTOTUNE)

@@ -4,9 +4,14 @@
   csv / jsonl      users' own files, text and label columns named in the config
   tfds:<name>      any public TFDS data set (needs the network the first time)
 
-A split is held as numpy arrays (text as Python str objects, label as int32)
-so the tokenizer trainer and the classical baseline read exactly the examples
-that `TextSplits.dataset()` feeds to tf.data.
+No split is held whole. Each one is read once, as a stream, for its size, its
+examples per class and a seeded sample of at most `data.sample_examples`
+examples (what the tokenizer trainer, the classical baseline and the data card
+read). TFDS data sets are then read with tfds from their TFRecord shards; CSV
+and JSONL files are prepared once into sharded TFRecords (`pipeline.prepared`,
+with the same row-level error messages) and read with tf.data. A split no
+larger than the sample is the sample: it is fed from memory, exactly as
+before streaming existed.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ import csv
 import json
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from pipeline.config import DataConfig
 from pipeline.files import hash_split
+from pipeline.prepared import Reservoir, pipelines, shard_elements
 from pipeline.progress import Progress
 
 SPLITS = ("train", "validation", "test")
@@ -31,37 +38,93 @@ class DataError(ValueError):
 
 
 @dataclass
+class SplitData:
+    """One split: its size, its examples per class and a bounded sample."""
+    examples: int
+    per_class: list[int]
+    texts: np.ndarray    # (n,) object array of str: a seeded sample, in order
+    labels: np.ndarray   # (n,) int32 class ids of those texts
+
+    @property
+    def complete(self) -> bool:
+        """The sample holds every example of the split."""
+        return len(self.texts) == self.examples
+
+
+@dataclass
 class TextSplits:
     label_names: list[str]
-    texts: dict[str, np.ndarray]   # split -> (n,) object array of str
-    labels: dict[str, np.ndarray]  # split -> (n,) int32 class ids
+    splits: dict[str, SplitData]
     description: str = ""
+    # (split, tf.distribute.InputContext or None) -> the whole split streamed
+    # from files, {"text": tf.string, "label": tf.int32}, sharded for that
+    # input pipeline; None when every split is complete.
+    stream: Callable | None = field(default=None, repr=False)
+    # What the data depends on (prepared files' sha256 and settings, or the
+    # TFDS data set and splits): names a streamed split in cache keys.
+    fingerprint: str = ""
 
     @property
     def num_classes(self) -> int:
         return len(self.label_names)
 
-    def dataset(self, split: str):
-        """tf.data.Dataset of {"text": tf.string, "label": tf.int32}."""
+    def num_examples(self, split: str) -> int:
+        return self.splits[split].examples
+
+    def complete(self, split: str) -> bool:
+        return self.splits[split].complete or self.stream is None
+
+    @property
+    def texts(self) -> dict[str, np.ndarray]:
+        """Every split's texts, in memory: only when no split streams."""
+        self._require_complete("texts")
+        return {s: d.texts for s, d in self.splits.items()}
+
+    @property
+    def labels(self) -> dict[str, np.ndarray]:
+        """Every split's class ids, in memory: only when no split streams."""
+        self._require_complete("labels")
+        return {s: d.labels for s, d in self.splits.items()}
+
+    def _require_complete(self, what: str) -> None:
+        streamed = [s for s in self.splits if not self.complete(s)]
+        if streamed:
+            raise ValueError(f"TextSplits.{what}: {', '.join(streamed)} stream from files "
+                             "(more examples than data.sample_examples); read "
+                             "dataset() or sample()")
+
+    def sample(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(texts, labels) of the split's sample: the whole split when complete."""
+        return self.splits[split].texts, self.splits[split].labels
+
+    def dataset(self, split: str, input_context=None):
+        """tf.data.Dataset of {"text": tf.string, "label": tf.int32}: the whole
+        split, in order, this input pipeline's share of it (by file when the
+        split streams from enough files, else by element)."""
         import tensorflow as tf
 
-        return tf.data.Dataset.from_tensor_slices({
-            "text": tf.constant(list(self.texts[split]), dtype=tf.string),
-            "label": tf.constant(self.labels[split], dtype=tf.int32),
-        })
+        if not self.complete(split):
+            return self.stream(split, input_context)
+        data = self.splits[split]
+        return shard_elements(tf.data.Dataset.from_tensor_slices({
+            "text": tf.constant(list(data.texts), dtype=tf.string),
+            "label": tf.constant(data.labels, dtype=tf.int32),
+        }), input_context)
 
     def data_card(self) -> dict:
-        """Examples per split and class, text length percentiles."""
+        """Examples per split and class, text length percentiles (of the
+        sample when a split is larger: `length_sample` says how many)."""
         card = {"source": self.description, "num_classes": self.num_classes,
                 "splits": {}}
         for split in SPLITS:
-            texts, labels = self.texts[split], self.labels[split]
-            counts = np.bincount(labels, minlength=self.num_classes)
+            data = self.splits[split]
             card["splits"][split] = {
-                "examples": int(len(texts)),
-                "per_class": {n: int(c) for n, c in zip(self.label_names, counts)},
-                **length_percentiles(texts),
+                "examples": int(data.examples),
+                "per_class": {n: int(c) for n, c in zip(self.label_names, data.per_class)},
+                **length_percentiles(data.texts),
             }
+            if not data.complete:
+                card["splits"][split]["length_sample"] = len(data.texts)
         return card
 
 
@@ -91,6 +154,8 @@ def format_data_card(card: dict) -> str:
         f"{s}: {splits[s]['examples']:,}" for s in SPLITS) + " examples")
     for s in SPLITS:
         lines.append(format_lengths(s, splits[s]))
+        if "length_sample" in splits[s]:
+            lines[-1] += f"  (of a sample of {splits[s]['length_sample']:,})"
     names = list(splits["train"]["per_class"])
     width = max(len(n) for n in names)
     lines.append(f"  {'class':<{width}} " + " ".join(f"{s:>10}" for s in SPLITS))
@@ -100,33 +165,29 @@ def format_data_card(card: dict) -> str:
     return "\n".join(lines)
 
 
-def _limit(splits: TextSplits, max_examples: int) -> TextSplits:
-    if max_examples > 0:
-        for s in SPLITS:
-            splits.texts[s] = splits.texts[s][:max_examples]
-            splits.labels[s] = splits.labels[s][:max_examples]
-    return splits
-
-
 def load_splits(cfg: DataConfig, artifacts_root: str = "artifacts",
                 log=print) -> TextSplits:
-    """Loads the configured source into TextSplits."""
+    """The configured source as TextSplits (one streaming pass per split)."""
     start = time.time()
     if cfg.source == "wordnet_topics":
         splits = _load_wordnet_topics(cfg, artifacts_root, log)
     elif cfg.source in ("csv", "jsonl"):
-        splits = _load_files(cfg)
+        splits = _load_files(cfg, artifacts_root, log)
     elif cfg.source.startswith("tfds:"):
-        splits = _load_public_tfds(cfg, artifacts_root)
+        splits = _load_public_tfds(cfg, artifacts_root, log)
     else:
         raise DataError(f"config key 'data.source' = {cfg.source!r}: unknown source")
-    splits = _limit(splits, cfg.max_examples_per_split)
     for s in SPLITS:
-        if len(splits.texts[s]) == 0:
+        if splits.num_examples(s) == 0:
             raise DataError(f"{splits.description}: split '{s}' has no examples")
     log(f"[data] {splits.description}: " + ", ".join(
-        f"{s} {len(splits.texts[s]):,}" for s in SPLITS)
+        f"{s} {splits.num_examples(s):,}" for s in SPLITS)
         + f" examples, {splits.num_classes} classes ({time.time() - start:.1f}s)")
+    streamed = [s for s in SPLITS if not splits.complete(s)]
+    if streamed:
+        log(f"[data] {', '.join(streamed)} streamed from files (more than "
+            f"data.sample_examples = {cfg.sample_examples:,} examples); the tokenizer, "
+            "the baseline and the data card read a seeded sample of that many")
     return splits
 
 
@@ -139,7 +200,61 @@ def tfds_data_dir(cfg: DataConfig, artifacts_root: str) -> str:
     return os.path.join(artifacts_root, cfg.tfds_data_dir)
 
 
+def _tfds_splits(builder, specs: dict[str, str], example, names: list[str],
+                 sample_examples: int, description: str, log) -> TextSplits:
+    """TextSplits over a prepared TFDS builder: `specs` maps each split to its
+    TFDS split (slicing allowed); `example` maps a TFDS example to {"text":
+    tf.string, "label": int}. One pass per split reads sizes, counts and the
+    sample; `stream` reads the TFRecord shards with tfds, by file when a
+    split has at least a shard per input pipeline."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    def read(split, read_config=None, batch_size=None):
+        return builder.as_dataset(split=specs[split], shuffle_files=False,
+                                  read_config=read_config, batch_size=batch_size)
+
+    def convert(e):
+        out = example(e)
+        return {"text": out["text"], "label": tf.cast(out["label"], tf.int32)}
+
+    data = {}
+    for split in SPLITS:
+        sample, counts = Reservoir(sample_examples), np.zeros(len(names), np.int64)
+        base = specs[split].split("[")[0]
+        progress = Progress("[data]", f"reading {split}",
+                            builder.info.splits[base].num_examples, log=log)
+        # Batches: one example at a time reads ~5,000 examples/s.
+        batches = read(split).batch(READ_BATCH).map(
+            lambda e: convert(e), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        for batch in tfds.as_numpy(batches):
+            progress.update(len(batch["label"]))
+            counts += np.bincount(batch["label"], minlength=len(names))
+            for text, label in zip(batch["text"], batch["label"].tolist()):
+                sample.add((text.decode("utf-8"), label))
+        items = sample.ordered()
+        data[split] = SplitData(
+            int(sample.seen), counts.tolist(),
+            np.array([t for t, _ in items], dtype=object),
+            np.array([y for _, y in items], dtype=np.int32))
+
+    def stream(split, input_context=None):
+        n, _ = pipelines(input_context)
+        base = specs[split].split("[")[0]
+        by_file = n > 1 and builder.info.splits[base].num_shards >= n
+        dataset = read(split, tfds.ReadConfig(
+            input_context=input_context if by_file else None))
+        dataset = dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE,
+                              deterministic=True)
+        return dataset if by_file else shard_elements(dataset, input_context)
+
+    # TFDS shuffles examples by key at prepare time: the order is stable.
+    return TextSplits(names, data, description, stream,
+                      f"{builder.info.full_name}:{json.dumps(specs, sort_keys=True)}")
+
+
 def _load_wordnet_topics(cfg: DataConfig, artifacts_root: str, log) -> TextSplits:
+    import tensorflow as tf
     import tensorflow_datasets as tfds
 
     from pipeline.datasets.wordnet_topics import WordnetTopics, require_file
@@ -151,32 +266,19 @@ def _load_wordnet_topics(cfg: DataConfig, artifacts_root: str, log) -> TextSplit
     log(f"[data] preparing TFDS wordnet_topics from {cfg.wordnet_path} "
         f"into {builder.data_dir} (cached after the first run)")
     builder.download_and_prepare()
-    texts, labels = {}, {}
-    for split in SPLITS:
-        # TFDS slicing reads only what a debug run keeps.
-        spec = f"{split}[:{cfg.max_examples_per_split}]" if cfg.max_examples_per_split \
-            else split
-        # Read in batches: one example at a time reads ~5,000 examples/s.
-        batches = tfds.as_numpy(builder.as_dataset(split=spec, shuffle_files=False,
-                                                   batch_size=READ_BATCH))
-        t, y = [], []
-        progress = Progress("[data]", f"reading {split}",
-                            builder.info.splits[split].num_examples, log=log)
-        for batch in batches:
-            progress.update(len(batch["label"]))
-            for lemmas, definition in zip(batch["lemmas"], batch["definition"]):
-                definition = definition.decode("utf-8")
-                if cfg.include_lemmas:
-                    definition = f"{lemmas.decode('utf-8')}: {definition}"
-                t.append(definition)
-            y.extend(batch["label"].tolist())
-        # TFDS shuffles examples by key at prepare time: order is stable.
-        texts[split] = np.array(t, dtype=object)
-        labels[split] = np.array(y, dtype=np.int32)
+    # TFDS slicing reads only what a debug run keeps.
+    specs = {s: f"{s}[:{cfg.max_examples_per_split}]" if cfg.max_examples_per_split
+             else s for s in SPLITS}
+
+    def example(e):
+        text = tf.strings.join([e["lemmas"], e["definition"]], separator=": ") \
+            if cfg.include_lemmas else e["definition"]
+        return {"text": text, "label": e["label"]}
+
     names = builder.info.features["label"].names
     text = "lemmas: definition" if cfg.include_lemmas else "definition"
-    return TextSplits(names, texts, labels,
-                      f"wordnet_topics (TFDS, text = '{text}')")
+    return _tfds_splits(builder, specs, example, names, cfg.sample_examples,
+                        f"wordnet_topics (TFDS, text = '{text}')", log)
 
 
 CSV_FIELD_LIMIT = 16 << 20   # characters in one CSV field (Python's default: 131,072)
@@ -265,10 +367,10 @@ def _brief(text: str, limit: int) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
-def _split_rows(cfg: DataConfig, label_col: str | None) -> dict[str, list[tuple]]:
-    """(path, row number, text, label) of every row, by split: the split's own
-    file, else a stable hash split of the train file (pipeline.files.hash_split)."""
-    rows = {s: [] for s in SPLITS}
+def _iter_split_rows(cfg: DataConfig, label_col: str | None):
+    """(split, path, row number, text, label) of every row, in file order: the
+    split's own file, else a stable hash split of the train file
+    (pipeline.files.hash_split)."""
     paths = {"train": cfg.train_path, "validation": cfg.validation_path,
              "test": cfg.test_path}
     for split, path in paths.items():
@@ -280,7 +382,14 @@ def _split_rows(cfg: DataConfig, label_col: str | None) -> dict[str, list[tuple]
                 target = hash_split(text)
                 if target != "train" and paths[target]:
                     target = "train"
-            rows[target].append((path, number, text, label))
+            yield target, path, number, text, label
+
+
+def _split_rows(cfg: DataConfig, label_col: str | None) -> dict[str, list[tuple]]:
+    """`_iter_split_rows` held in memory: (path, row number, text, label) by split."""
+    rows = {s: [] for s in SPLITS}
+    for split, path, number, text, label in _iter_split_rows(cfg, label_col):
+        rows[split].append((path, number, text, label))
     return rows
 
 
@@ -304,42 +413,86 @@ def load_texts(cfg: DataConfig) -> dict[str, list[str]]:
     return texts
 
 
-def _load_files(cfg: DataConfig) -> TextSplits:
-    fmt = cfg.source
-    rows = _split_rows(cfg, cfg.label_column)
-    names = list(cfg.labels) or sorted({r[3] for r in rows["train"]})
+def _load_files(cfg: DataConfig, artifacts_root: str, log) -> TextSplits:
+    """CSV/JSONL rows prepared once into sharded TFRecords (`pipeline.prepared`)."""
+    import tensorflow as tf
+
+    from pipeline import prepared
+
+    paths = [cfg.train_path, cfg.validation_path, cfg.test_path]
+    for path in paths:
+        if path and not os.path.isfile(path):
+            raise DataError(f"data file not found: {path}")
+    first_row = {}   # (split, label) -> where it first occurs
+
+    def rows():
+        for split, path, number, text, label in _iter_split_rows(cfg, cfg.label_column):
+            first_row.setdefault((split, label), (path, number))
+            yield split, text, label
+
+    settings = {k: getattr(cfg, k) for k in (
+        "source", "text_column", "label_column", "max_examples_per_split",
+        "sample_examples", "examples_per_shard")}
+    settings["splits"] = [bool(p) for p in paths]
+    out_dir = os.path.join(artifacts_root, "prepared",
+                           f"{cfg.source}-{prepared.fingerprint(paths, settings)}")
+    summary = prepared.prepare(out_dir, rows, SPLITS, cfg.examples_per_shard,
+                               cfg.sample_examples, cfg.max_examples_per_split, log=log)
+    info = summary["splits"]
+    names = list(cfg.labels) or sorted(info["train"]["labels"])
     index = {n: i for i, n in enumerate(names)}
-    texts, labels = {}, {}
     for split in SPLITS:
-        ids = []
-        for path, number, _, label in rows[split]:
-            if label not in index:
-                known = ", ".join(_brief(n, 40) for n in names[:10])
-                raise DataError(f"{path}: row {number}: unknown label {_brief(label, 80)} "
-                                f"(known: {known}{', ...' if len(names) > 10 else ''})")
-            ids.append(index[label])
-        texts[split] = np.array([r[2] for r in rows[split]], dtype=object)
-        labels[split] = np.array(ids, dtype=np.int32)
-    return TextSplits(names, texts, labels, f"{fmt} {cfg.train_path}")
+        unknown = [label for label in info[split]["labels"] if label not in index]
+        if unknown:
+            # The first unknown label's row (read again when the data is cached).
+            where = first_row or _first_rows(cfg)
+            path, number = min(where[(split, label)] for label in unknown)
+            label = next(lab for lab in unknown if where[(split, lab)] == (path, number))
+            known = ", ".join(_brief(n, 40) for n in names[:10])
+            raise DataError(f"{path}: row {number}: unknown label {_brief(label, 80)} "
+                            f"(known: {known}{', ...' if len(names) > 10 else ''})")
+    data = {}
+    for split in SPLITS:
+        sample = info[split]["sample"]
+        counts = [info[split]["labels"].get(n, 0) for n in names]
+        data[split] = SplitData(info[split]["examples"], counts,
+                                np.array([t for t, _ in sample], dtype=object),
+                                np.array([index[y] for _, y in sample], dtype=np.int32))
+
+    def class_id(e):
+        # No lookup table: a dataset with one cannot go to a tf.data service.
+        hits = tf.cast(tf.equal(tf.constant(names), e["label"]), tf.int32)
+        return {"text": e["text"], "label": tf.cast(tf.argmax(hits), tf.int32)}
+
+    def stream(split, input_context=None):
+        files = [os.path.join(out_dir, f) for f in info[split]["files"]]
+        return prepared.read_shards(files, input_context).map(
+            class_id, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    return TextSplits(names, data, f"{cfg.source} {cfg.train_path}", stream,
+                      os.path.basename(out_dir))
 
 
-def _load_public_tfds(cfg: DataConfig, artifacts_root: str) -> TextSplits:
+def _first_rows(cfg: DataConfig) -> dict:
+    """(split, label) -> (path, row number) of its first row."""
+    first = {}
+    for split, path, number, _, label in _iter_split_rows(cfg, cfg.label_column):
+        first.setdefault((split, label), (path, number))
+    return first
+
+
+def _load_public_tfds(cfg: DataConfig, artifacts_root: str, log) -> TextSplits:
     import tensorflow_datasets as tfds
 
     name = cfg.source[len("tfds:"):]
     builder = tfds.builder(name, data_dir=tfds_data_dir(cfg, artifacts_root))
     builder.download_and_prepare()
-    label_feature = builder.info.features[cfg.label_column]
-    names = list(label_feature.names)
-    texts, labels = {}, {}
-    for split, spec in (("train", cfg.train_split),
-                        ("validation", cfg.validation_split),
-                        ("test", cfg.test_split)):
-        t, y = [], []
-        for row in tfds.as_numpy(builder.as_dataset(split=spec)):
-            value = row[cfg.text_column]
-            t.append(value.decode("utf-8") if isinstance(value, bytes) else str(value))
-            y.append(row[cfg.label_column])
-        texts[split] = np.array(t, dtype=object)
-        labels[split] = np.array(y, dtype=np.int32)
-    return TextSplits(names, texts, labels, f"tfds:{name}")
+    names = list(builder.info.features[cfg.label_column].names)
+    specs = {"train": cfg.train_split, "validation": cfg.validation_split,
+             "test": cfg.test_split}
+    if cfg.max_examples_per_split:
+        specs = {s: f"{v}[:{cfg.max_examples_per_split}]" if "[" not in v else v
+                 for s, v in specs.items()}
+    return _tfds_splits(builder, specs,
+                        lambda e: {"text": e[cfg.text_column], "label": e[cfg.label_column]},
+                        names, cfg.sample_examples, f"tfds:{name}", log)

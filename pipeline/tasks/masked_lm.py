@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 
 from pipeline.config import ExperimentConfig, TrainConfig, check
 from pipeline.datasets.wordnet_topics import parse_gloss_line, read_parsed, split_of
@@ -82,39 +83,156 @@ def wordnet_corpus(wordnet_dir: str, exclude_splits, include_lemmas: bool = True
     return texts, held_out, counts
 
 
-def file_corpus(path: str, text_column: str) -> list[str]:
-    """Texts of a .txt (one per line), .csv or .jsonl (column `text_column`) file."""
+@dataclass
+class Corpus:
+    """The pre-training text: `texts` held in memory (de-duplicated, held-out
+    text dropped) and `streams`, parts too large for memory read from files at
+    every pass (functions input_context -> dataset of tf.string, sharded for
+    that input pipeline), whose held-out text is dropped in the input
+    pipeline. `sample` is what the tokenizer trains on: `texts` and a bounded
+    sample of each stream."""
+    texts: list[str]
+    streams: list = field(default_factory=list)
+    stream_examples: int = 0
+    sample: list[str] = field(default_factory=list)
+    held_out: list[str] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)   # fingerprints of the streams
+
+    @property
+    def size(self) -> int:
+        """Texts in memory plus examples streamed (before their held-out filter)."""
+        return len(self.texts) + self.stream_examples
+
+    def __len__(self) -> int:
+        return self.size
+
+    def dataset(self, input_context=None):
+        """{"text", "label": 0} of the whole corpus, this input pipeline's share:
+        the texts in memory, then each stream without its held-out texts."""
+        import numpy as np
+        import tensorflow as tf
+
+        from pipeline.prepared import shard_elements
+
+        parts = []
+        if self.texts:
+            parts.append(shard_elements(tf.data.Dataset.from_tensor_slices(
+                {"text": np.array(self.texts, dtype=object),
+                 "label": np.zeros(len(self.texts), np.int32)}), input_context))
+        held_out = None
+        if self.streams and self.held_out:
+            held_out = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+                tf.constant(self.held_out), tf.ones(len(self.held_out), tf.int32)),
+                default_value=0)
+
+        def kept(text):
+            if held_out is None:
+                return tf.constant(True)
+            # As build_corpus: neither the text nor its gloss (after "lemmas: ").
+            gloss = tf.strings.regex_replace(text, r"(?s)^.*?: ", "", replace_global=False)
+            return tf.equal(held_out.lookup(text) + held_out.lookup(gloss), 0)
+
+        for stream in self.streams:
+            parts.append(stream(input_context).filter(kept).map(
+                lambda text: {"text": text, "label": tf.constant(0, tf.int32)}))
+        dataset = parts[0]
+        for part in parts[1:]:
+            dataset = dataset.concatenate(part)
+        return dataset
+
+
+def _text_file_rows(path: str):
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip():
+                yield "train", line.strip(), ""
+
+
+def file_corpus(cfg: ExperimentConfig, path: str, log=print):
+    """A .txt (a text per line), .csv or .jsonl (column `data.text_column`)
+    file, prepared once into TFRecord shards (`pipeline.prepared`): (its texts
+    in memory, or None when it has more than `data.sample_examples`; a stream
+    function; its size; its sample; its fingerprint)."""
+    from pipeline import prepared
     from pipeline.sources import _read_rows
 
     if not os.path.isfile(path):
         raise DataError(f"config key 'pretrain.corpora': file not found: {path}")
+    d = cfg.data
     if path.endswith((".csv", ".jsonl")):
         fmt = "csv" if path.endswith(".csv") else "jsonl"
-        return [text for _, text, _ in _read_rows(path, fmt, text_column, text_column)]
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return [line.strip() for line in f if line.strip()]
+
+        def rows():
+            for _, text, _ in _read_rows(path, fmt, d.text_column, d.text_column):
+                yield "train", text, ""
+    else:
+        fmt = "text"
+
+        def rows():
+            return _text_file_rows(path)
+    settings = {"format": fmt, "text_column": d.text_column,
+                "sample_examples": d.sample_examples,
+                "examples_per_shard": d.examples_per_shard}
+    fp = prepared.fingerprint([path], settings)
+    out_dir = os.path.join(cfg.runtime.artifacts_root, "prepared", f"corpus-{fp}")
+    info = prepared.prepare(out_dir, rows, ["train"], d.examples_per_shard,
+                            d.sample_examples, log=log)["splits"]["train"]
+    sample = [text for text, _ in info["sample"]]
+    files = [os.path.join(out_dir, f) for f in info["files"]]
+
+    def stream(input_context=None):
+        return prepared.read_shards(files, input_context).map(lambda e: e["text"])
+
+    complete = len(sample) == info["examples"]
+    return (sample if complete else None), stream, info["examples"], sample, fp
 
 
 def build_corpus(cfg: ExperimentConfig, splits: TextSplits, log=print
-                 ) -> tuple[list[str], dict]:
-    """The de-duplicated pre-training texts and what was excluded."""
+                 ) -> tuple[Corpus, dict]:
+    """The pre-training corpus (de-duplicated where held in memory) and what
+    was excluded."""
     p = cfg.pretrain
-    held_out_texts = {str(t) for s in p.exclude_splits for t in splits.texts[s]}
+    held_out_texts = set()
+    for split in p.exclude_splits:
+        if splits.complete(split):
+            held_out_texts.update(str(t) for t in splits.sample(split)[0])
+        else:   # a held-out split that streams: its texts, one pass
+            import tensorflow as tf
+
+            for batch in splits.dataset(split).map(lambda e: e["text"]).batch(4096) \
+                    .prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+                held_out_texts.update(t.decode("utf-8") for t in batch)
     texts, stats, held_out_glosses = [], {}, set()
+    corpus = Corpus([])
     for source in p.corpora:
+        found = None
         if source == "wordnet":
             found, held_out_glosses, counts = wordnet_corpus(
                 p.wordnet_dir, p.exclude_splits, cfg.data.include_lemmas)
             stats["wordnet"] = counts
         elif source == TRAIN_SPLIT:
             # The task's own training texts: never its validation or test ones.
-            found = [str(t) for t in splits.texts["train"]]
-            stats[TRAIN_SPLIT] = {"texts": len(found)}
+            if splits.complete("train"):
+                found = [str(t) for t in splits.sample("train")[0]]
+            else:
+                corpus.streams.append(lambda ctx: splits.dataset("train", ctx).map(
+                    lambda e: e["text"]))
+                corpus.stream_examples += splits.num_examples("train")
+                corpus.sample.extend(str(t) for t in splits.sample("train")[0])
+                corpus.parts.append(f"{TRAIN_SPLIT}:{splits.fingerprint}")
+            stats[TRAIN_SPLIT] = {"texts": splits.num_examples("train"),
+                                  "streamed": found is None}
         else:
-            found = file_corpus(source, cfg.data.text_column)
-            stats[source] = {"texts": len(found)}
-        texts.extend(found)
-    seen, corpus, dropped = set(), [], 0
+            found, stream, count, sample, fp = file_corpus(cfg, source, log)
+            if found is None:
+                corpus.streams.append(stream)
+                corpus.stream_examples += count
+                corpus.sample.extend(sample)
+                corpus.parts.append(f"file:{fp}")
+            stats[source] = {"texts": count, "streamed": found is None}
+        if found is not None:
+            texts.extend(found)
+    seen, dropped = set(), 0
     for text in texts:
         if text in seen:
             continue
@@ -124,21 +242,32 @@ def build_corpus(cfg: ExperimentConfig, splits: TextSplits, log=print
                 (held_out_texts and gloss in held_out_texts):
             dropped += 1
             continue
-        corpus.append(text)
-    stats.update({"texts": len(corpus), "dropped_as_held_out": dropped,
+        corpus.texts.append(text)
+    corpus.sample = corpus.texts + corpus.sample
+    if corpus.streams:
+        corpus.held_out = sorted(held_out_texts | held_out_glosses)
+    stats.update({"texts": corpus.size, "dropped_as_held_out": dropped,
                   "excluded_splits": list(p.exclude_splits),
-                  "characters": sum(len(t) for t in corpus)})
-    log(f"[pretrain] corpus: {len(corpus):,} texts ({stats['characters'] / 1e6:.1f}M "
-        f"characters) from {', '.join(p.corpora)}; the task's "
+                  "characters": sum(len(t) for t in corpus.texts)})
+    if corpus.streams:
+        stats["streamed_examples"] = corpus.stream_examples
+    log(f"[pretrain] corpus: {corpus.size:,} texts "
+        + (f"({len(corpus.texts):,} in memory, {stats['characters'] / 1e6:.1f}M "
+           f"characters; {corpus.stream_examples:,} streamed from files, their held-out "
+           "texts dropped as they are read) " if corpus.streams else
+           f"({stats['characters'] / 1e6:.1f}M characters) ")
+        + f"from {', '.join(p.corpora)}; the task's "
         f"{'/'.join(p.exclude_splits)} texts excluded")
     return corpus, stats
 
 
-def fingerprint(cfg: ExperimentConfig, corpus: list[str]) -> str:
+def fingerprint(cfg: ExperimentConfig, corpus: Corpus) -> str:
     """What the pre-trained encoder depends on: corpus and settings."""
     digest = hashlib.sha256()
-    for text in corpus:
+    for text in corpus.texts:
         digest.update(text.encode("utf-8", "surrogatepass") + b"\n")
+    for part in corpus.parts:   # streamed parts: their prepared files' fingerprints
+        digest.update(f"\0{part}".encode())
     model = {k: v for k, v in cfg.to_dict()["model"].items() if k != "init_checkpoint"}
     pretrain = {k: v for k, v in cfg.to_dict()["pretrain"].items()
                 if k not in ("from_scratch_experiment", "checkpoint_every_steps",
@@ -172,13 +301,14 @@ def tokenizer_of(init_checkpoint: str) -> str:
     return path
 
 
-def make_mlm_dataset(texts: list[str], preprocess, cfg: ExperimentConfig,
+def make_mlm_dataset(corpus: Corpus | list[str], preprocess, cfg: ExperimentConfig,
                      batch_size: int, mask_token_id: int, vocab_size: int,
                      skip_batches: int = 0, input_context=None):
     """Endless batches of ({token_ids, padding_mask, mask_positions},
-    {mask_ids, mask_weights}) with BERT's 80/10/10 masking."""
+    {mask_ids, mask_weights}) with BERT's 80/10/10 masking. The texts in
+    memory come first, then each stream; the tokenized examples are kept in
+    memory only when nothing streams."""
     import keras_hub
-    import numpy as np
     import tensorflow as tf
 
     from pipeline.input import AUTOTUNE, batch_examples, tokenize_examples
@@ -188,14 +318,13 @@ def make_mlm_dataset(texts: list[str], preprocess, cfg: ExperimentConfig,
         raise TypeError("make_mlm_dataset: `preprocess` must be a batch function")
 
     p = cfg.pretrain
-    dataset = tf.data.Dataset.from_tensor_slices(
-        {"text": np.array(texts, dtype=object),
-         "label": np.zeros(len(texts), np.int32)})
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        dataset = dataset.shard(input_context.num_input_pipelines,
-                                input_context.input_pipeline_id)
-    dataset = tokenize_examples(dataset, preprocess).cache()
-    dataset = dataset.shuffle(min(len(texts), 200_000), seed=p.seed,
+    if not isinstance(corpus, Corpus):
+        corpus = Corpus(list(corpus))
+    dataset = corpus.dataset(input_context)
+    dataset = tokenize_examples(dataset, preprocess)
+    if not corpus.streams:
+        dataset = dataset.cache()
+    dataset = dataset.shuffle(min(corpus.size, 200_000), seed=p.seed,
                               reshuffle_each_iteration=True).repeat()
     dataset = batch_examples(dataset, batch_size, cfg.model.max_sequence_length,
                              bucket=True, drop_remainder=True)
@@ -338,11 +467,11 @@ class MaskedLMTask(Task):
 
     def __init__(self, cfg, log=print):
         super().__init__(cfg, log)
-        self.corpus: list[str] | None = None
+        self.corpus: Corpus | None = None
         self.backbone = None
 
     # --------------------------------------------------------------- data
-    def set_corpus(self, corpus: list[str], stats: dict, out_dir: str, fp: str) -> None:
+    def set_corpus(self, corpus: Corpus, stats: dict, out_dir: str, fp: str) -> None:
         self.corpus, self.stats, self.out_dir, self.fingerprint = corpus, stats, out_dir, fp
 
     @property
@@ -373,7 +502,7 @@ class MaskedLMTask(Task):
             self.set_corpus(corpus, stats, pretrained_dir(self.cfg, fp), fp)
         os.makedirs(self.out_dir, exist_ok=True)
         self.tokenizer_path = train_sentencepiece(
-            self.corpus, self.cfg.tokenizer, os.path.join(self.out_dir, "tokenizer"),
+            self.corpus.sample, self.cfg.tokenizer, os.path.join(self.out_dir, "tokenizer"),
             log=self.log, control_symbols=(MASK_TOKEN,))
         self.mask_id = token_id(self.tokenizer_path, MASK_TOKEN)
         self._tokenizer = InGraphTokenizer(read_model(self.tokenizer_path),
@@ -389,10 +518,10 @@ class MaskedLMTask(Task):
             log_every_steps=p.log_every_steps, seed=p.seed)
 
     def num_examples(self, split):
-        return len(self.corpus) if split == "train" else 0
+        return self.corpus.size if split == "train" else 0
 
     def sample(self, split, max_examples=0, seed=None):
-        texts = self.corpus if split == "train" else []
+        texts = self.corpus.sample if split == "train" else []
         return [{"text": t} for t in (texts[:max_examples] if max_examples else texts)]
 
     def preprocess(self, examples):

@@ -104,10 +104,12 @@ class TextClassificationTask(Task):
         return self.splits.num_classes
 
     def num_examples(self, split: str) -> int:
-        return len(self.splits.texts[split])
+        return self.splits.num_examples(split)
 
     def sample(self, split, max_examples=0, seed=None):
-        texts, labels = self.splits.texts[split], self.splits.labels[split]
+        """Examples of the split's sample (the whole split unless it streams:
+        then a seeded sample of `data.sample_examples`)."""
+        texts, labels = self.splits.sample(split)
         return [{"text": str(texts[i]), "label": int(labels[i])}
                 for i in sample_indices(len(texts), max_examples, seed)]
 
@@ -132,15 +134,18 @@ class TextClassificationTask(Task):
     def train_dataset(self, batch_size, skip_batches=0, input_context=None):
         from pipeline.input import make_train_dataset
 
-        return make_train_dataset(self.splits.dataset("train"), self.preprocess, self.cfg,
-                                  batch_size, skip_batches=skip_batches,
-                                  input_context=input_context)
+        # A function of the input context: a split streamed from files is
+        # sharded by file across workers.
+        return make_train_dataset(lambda ctx: self.splits.dataset("train", ctx),
+                                  self.preprocess, self.cfg, batch_size,
+                                  skip_batches=skip_batches, input_context=input_context,
+                                  cache=self.splits.complete("train"))
 
     def eval_dataset(self, split, batch_size):
         from pipeline.input import make_eval_dataset
 
         return make_eval_dataset(self.splits.dataset(split), self.preprocess, self.cfg,
-                                 batch_size)
+                                 batch_size, cache=self.splits.complete(split))
 
     def input_signature(self):
         import tensorflow as tf
@@ -196,7 +201,7 @@ class TextClassificationTask(Task):
             self._class_weights = None
             if self.cfg.train.class_weight_power:
                 self._class_weights = tf.constant(class_weights(
-                    self.splits.labels["train"], self.num_classes,
+                    self.splits.splits["train"].per_class, self.num_classes,
                     self.cfg.train.class_weight_power), tf.float32)
         logits = model(inputs, training=training)
         per_example = self._loss(tf.one_hot(targets, self.num_classes), logits)
@@ -236,7 +241,7 @@ class TextClassificationTask(Task):
         from pipeline import summaries
 
         summaries.write_sample_predictions(
-            writer, step, self.splits.texts["validation"],
+            writer, step, self.splits.sample("validation")[0],
             np.concatenate(state["labels"]), np.concatenate(state["logits"]),
             self.label_names)
 
@@ -277,12 +282,21 @@ class TextClassificationTask(Task):
 
     def baseline(self) -> dict:
         """The classical baseline's test metrics on the same split and text:
-        TF-IDF + a linear SVM (`baseline_name`)."""
+        TF-IDF + a linear SVM (`baseline_name`). A split that streams from
+        files is represented by its sample (`data.sample_examples`); the
+        result says how many examples it trained and was tested on."""
         train, test = self.sample("train"), self.sample("test")
-        return tfidf_baseline(
+        for split, examples in (("train", train), ("test", test)):
+            if len(examples) < self.num_examples(split):
+                self.log(f"[baseline] {split}: a seeded sample of {len(examples):,} of "
+                         f"{self.num_examples(split):,} examples (data.sample_examples)")
+        result = tfidf_baseline(
             [e["text"] for e in train], np.array([e["label"] for e in train]),
             [e["text"] for e in test], np.array([e["label"] for e in test]),
             self.label_names, log=self.log)
+        if len(train) < self.num_examples("train") or len(test) < self.num_examples("test"):
+            result.update(train_examples=len(train), test_examples=len(test))
+        return result
 
     def summary_lines(self, metrics):
         """The model, the from-scratch run it is compared with (when there is
@@ -310,12 +324,13 @@ class TextClassificationTask(Task):
                 CONFUSION_MATRIX_PNG: "confusion matrix"}
 
 
-def class_weights(labels, num_classes: int, power: float) -> np.ndarray:
-    """Per-class loss weights (n / n_class)**power, scaled so that their mean
-    over the examples of `labels` is 1 (the loss keeps its scale, so the
-    learning rate chosen without weights still fits). A class absent from
-    `labels` gets weight 0: there is nothing to learn it from."""
-    counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes)
+def class_weights(counts, num_classes: int, power: float) -> np.ndarray:
+    """Per-class loss weights (n / n_class)**power from the examples per class
+    (`counts`), scaled so that their mean over those examples is 1 (the loss
+    keeps its scale, so the learning rate chosen without weights still fits).
+    A class without examples gets weight 0: there is nothing to learn it from."""
+    counts = np.asarray(counts, np.int64)
+    assert counts.shape == (num_classes,), (counts.shape, num_classes)
     weights = np.zeros(num_classes, np.float64)
     present = counts > 0
     weights[present] = (counts.sum() / counts[present]) ** power

@@ -34,15 +34,15 @@ def test_no_test_split_gloss_in_the_pretraining_corpus(debug_splits, debug_confi
     corpus, stats = build_corpus(debug_config, debug_splits, log=lambda *_: None)
     test_glosses = _test_noun_glosses()
     assert len(test_glosses) > 7000  # the whole test split, not a debug slice
-    corpus_glosses = {text.split(": ", 1)[1] for text in corpus}
+    corpus_glosses = {text.split(": ", 1)[1] for text in corpus.texts}
     assert not corpus_glosses & test_glosses
     test_texts = {str(t) for t in debug_splits.texts["test"]}
-    assert not set(corpus) & test_texts
+    assert not set(corpus.texts) & test_texts
     # The corpus is real: all four parts of speech, most of WordNet.
     assert stats["wordnet"]["data.verb"]["synsets"] > 13000
     assert stats["wordnet"]["data.noun"]["held_out"] > 15000   # validation + test
     assert len(corpus) > 90000
-    assert any(text.startswith("breathe, take a breath, respire") for text in corpus)
+    assert any(text.startswith("breathe, take a breath, respire") for text in corpus.texts)
 
 
 def test_a_repeated_held_out_gloss_is_dropped_from_other_files(tmp_path, debug_splits,
@@ -58,8 +58,15 @@ def test_a_repeated_held_out_gloss_is_dropped_from_other_files(tmp_path, debug_s
     cfg = dataclasses.replace(debug_config, pretrain=dataclasses.replace(
         debug_config.pretrain, corpora=[str(path)]))
     corpus, stats = build_corpus(cfg, debug_splits, log=lambda *_: None)
-    assert corpus == ["an unrelated sentence"]
+    assert corpus.texts == ["an unrelated sentence"] and not corpus.streams
     assert stats["dropped_as_held_out"] == 1
+    # The same file streamed (more lines than data.sample_examples): the
+    # held-out line is dropped as the input pipeline reads it.
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sample_examples=1))
+    corpus, stats = build_corpus(cfg, debug_splits, log=lambda *_: None)
+    assert corpus.texts == [] and len(corpus.streams) == 1 and corpus.size == 2
+    read = [e["text"].decode() for e in corpus.dataset().as_numpy_iterator()]
+    assert read == ["an unrelated sentence"]
 
 
 def test_adjective_markers_and_underscores_are_removed():
@@ -320,8 +327,8 @@ def test_train_split_corpus_holds_no_validation_or_test_text(tmp_path):
     splits = load_splits(cfg.data, str(tmp_path), log=lambda *_: None)
     corpus, stats = build_corpus(cfg, splits, log=lambda *_: None)
     assert "the shared sentence" in set(splits.texts["train"])
-    assert not set(corpus) & (set(splits.texts["test"]) | set(splits.texts["validation"]))
-    assert set(corpus) == set(rows) and stats["dropped_as_held_out"] == 1
+    assert not set(corpus.texts) & (set(splits.texts["test"]) | set(splits.texts["validation"]))
+    assert set(corpus.texts) == set(rows) and stats["dropped_as_held_out"] == 1
     with pytest.raises(ConfigError, match="pretrain.exclude_splits"):
         load_config(None, base + ["pretrain.exclude_splits=[train,test]"])
     with pytest.raises(ConfigError, match="pretrain.corpora"):

@@ -41,7 +41,7 @@ def test_every_verb_synset_is_one_row_labelled_by_its_lexicographer_file(tmp_pat
     assert sum(len(t) for t in splits.texts.values()) == len(rows)
     corpus, _ = build_corpus(cfg, splits, log=lambda *_: None)
     held_out = set(splits.texts["validation"]) | set(splits.texts["test"])
-    assert len(corpus) > 0.75 * len(rows) and not set(corpus) & held_out
+    assert len(corpus) > 0.75 * len(rows) and not set(corpus.texts) & held_out
 
 
 def test_unlabeled_text_holds_the_other_parts_of_speech_and_no_verb_gloss(tmp_path):
