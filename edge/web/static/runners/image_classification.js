@@ -178,6 +178,7 @@ export class ImageClassificationRunner extends ClassifierRunner {
       if (!file) return;
       result.replaceChildren();
       const r = await this.classifyBlob(file, 5);
+      this.last = r;
       result.replaceChildren(
         this.preview(r.pixels),
         el('div', {}, 'Label: ', el('span', {class: 'label', id: 'label', text: r.label}),
