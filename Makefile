@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/text_classification.yaml
 WORDNET := /usr/share/wordnet/data.noun
 
-.PHONY: quickstart test test-fast lint setup venv data clean
+.PHONY: quickstart test test-fast lint setup venv data web clean
 
 quickstart: setup
 	$(PY) -m pipeline run $(CONFIG)
@@ -23,7 +23,7 @@ lint: venv
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow" -q
 
-setup: venv data
+setup: venv data web
 
 venv: $(VENV)/.installed
 
@@ -44,9 +44,12 @@ $(VENV)/.installed: requirements.txt
 DATA_PACKAGES := wordnet-base:$(WORDNET) trans-de-en:/usr/share/trans/de-en \
   fortunes:/usr/share/games/fortunes/computers \
   dataset-fashion-mnist:/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+# chromium: the browser the web app's tests drive (tests/edge/test_web.py), installed
+# with the data packages; nothing is downloaded at run time.
+APT_PACKAGES := $(DATA_PACKAGES) chromium:/usr/bin/chromium
 
 data:
-	@missing=""; for pair in $(DATA_PACKAGES); do \
+	@missing=""; for pair in $(APT_PACKAGES); do \
 	  [ -f "$${pair#*:}" ] || missing="$$missing $${pair%%:*}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -56,7 +59,7 @@ data:
 	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
 	    (sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends $$missing) >/dev/null; \
 	  fi; \
-	  for pair in $(DATA_PACKAGES); do \
+	  for pair in $(APT_PACKAGES); do \
 	    if [ ! -f "$${pair#*:}" ]; then \
 	      echo "error: $${pair#*:} is missing and could not be installed here. Run:"; \
 	      echo "    sudo apt-get update && sudo apt-get install -y --no-install-recommends$$missing"; \
@@ -64,6 +67,16 @@ data:
 	    fi; \
 	  done; \
 	fi
+
+# The web app's npm packages (edge/web/package-lock.json, pinned), again only when the
+# lockfile is newer than the last install.
+WEB_STAMP := edge/web/node_modules/.installed
+web: $(WEB_STAMP)
+
+$(WEB_STAMP): edge/web/package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm is needed for edge/web: apt-get install -y npm"; exit 1; }
+	cd edge/web && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 clean:
 	rm -rf artifacts
