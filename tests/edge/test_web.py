@@ -383,6 +383,7 @@ TRANSLATION_SENTENCES = ["Der Hund schläft im Haus.", "Ich habe keine Zeit für
                          "", "ä" * 5_000, "Ärger über Öl — 日本語 🙂"]
 
 
+@pytest.mark.slow   # needs the trained debug run of the task
 def test_translation_page_streams_the_python_apps_translation(browser, translation_run):
     import tensorflow as tf
 
@@ -415,6 +416,7 @@ def test_translation_page_streams_the_python_apps_translation(browser, translati
 LM_PROMPTS = ["The secret of", "", "Never", "ä" * 5_000, "Ärger über Öl — 日本語 🙂"]
 
 
+@pytest.mark.slow   # needs the trained debug run of the task
 def test_language_model_page_streams_the_python_apps_greedy_text(browser, lm_run):
     import tensorflow as tf
 
@@ -455,6 +457,7 @@ def test_language_model_page_streams_the_python_apps_greedy_text(browser, lm_run
     assert results[0]["generatedText"] == served_text
 
 
+@pytest.mark.slow   # needs the trained debug run of the task
 def test_image_page_classifies_a_picked_png_like_the_saved_model(browser, image_run,
                                                                   image_trained, tmp_path):
     import tensorflow as tf
@@ -485,6 +488,11 @@ def test_image_page_classifies_a_picked_png_like_the_saved_model(browser, image_
         pixels = page.evaluate("Array.from(window.edgeApp.runner.last.pixels)")
         assert pixels == runner.pixels(big).reshape(-1).astype(int).tolist()
         assert p.inner_text("#label") == runner.run(str(big))["label"]
+        notes = tmp_path / "notes.png"
+        notes.write_text("not an image")
+        p.set_input_files("#image", str(notes))
+        p.wait_for_function("document.getElementById('task-error').textContent !== ''")
+        assert "notes.png is not a PNG or JPEG image" in p.inner_text("#task-error")
         got = np.array(page.evaluate(
             "rows => window.edgeApp.runner.probabilitiesBatch(rows)",
             [img.reshape(-1).tolist() for img in images]))
