@@ -1,10 +1,12 @@
-"""python -m edge.web.measure --bundle DIR: the web app's figures for a text_classification
-bundle, in Debian's chromium (headless, offline) against the Python edge app.
+"""python -m edge.web.measure --bundle DIR: the web app's figures for a bundle, in Debian's
+chromium (headless, offline) against the Python edge app.
 
 Prints (and returns as a dict): the page's load time (navigation to ready: manifest,
-sha256 of every file, LiteRT.js WASM, model, tokenizer), the bytes it downloaded, and the
-per-text latency of tokenization and of inference (batch 1, median of `runs` calls after
-a warm-up) in the page (LiteRT.js, 1 thread) and in ai-edge-litert (1 thread).
+sha256 of every file, LiteRT.js WASM, model, tokenizer), the bytes it downloaded, and
+the latency in the page (LiteRT.js, 1 thread) and in ai-edge-litert (1 thread): for a
+text_classification bundle the per-text tokenization and inference (batch 1, medians of
+`runs` calls after a warm-up); for translation and language_modeling bundles the
+milliseconds per generated token (greedy, whole loop, median of `runs` // 20 texts).
 Needs Playwright (requirements.txt) and /usr/bin/chromium (`make setup`).
 """
 from __future__ import annotations
@@ -52,12 +54,62 @@ PAGE_FIGURES = """async ([text, runs]) => {
 }"""
 
 
-def litert_figures(bundle_dir, text: str = TEXT, runs: int = 200) -> dict[str, float]:
-    """Median tokenization and inference latency (ms) of the Python edge app, 1 thread."""
+GENERATION_TEXTS = {"translation": "Der Hund schläft im Haus.",
+                    "language_modeling": "The secret of"}
+GENERATION_TOKENS = 32     # language_modeling: new ids per run
+
+PAGE_GENERATION_FIGURES = """async ([task, text, runs, n]) => {
+    const r = window.edgeApp.runner;
+    const once = () => (task === 'translation' ? r.translate(text)
+        : r.generate(text, {strategy: 'greedy', max_new_tokens: n}));
+    await once();
+    const perToken = [];
+    let tokens = 0;
+    for (let i = 0; i < runs; i++) {
+        const t0 = performance.now();
+        const result = await once();
+        perToken.push((performance.now() - t0) / result.tokenIds.length);
+        tokens = result.tokenIds.length;
+    }
+    perToken.sort((a, b) => a - b);
+    const entries = performance.getEntriesByType('resource')
+        .concat(performance.getEntriesByType('navigation'));
+    return {ready_ms: window.edgeApp.readyMs, ms_per_token: perToken[runs >> 1], tokens,
+            download_bytes: entries.reduce((s, e) => s + (e.encodedBodySize || 0), 0),
+            requests: entries.length};
+}"""
+
+
+def python_runner(bundle_dir):
+    """The Python edge app's runner of a bundle, 1 thread."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from app import load_bundle
 
-    runner = load_bundle(bundle_dir, num_threads=1)
+    return load_bundle(bundle_dir, num_threads=1)
+
+
+def litert_generation_figures(bundle_dir, task: str, runs: int) -> dict[str, float]:
+    runner = python_runner(bundle_dir)
+    text = GENERATION_TEXTS[task]
+
+    def once():
+        if task == "translation":
+            return runner.run(text)
+        return runner.run(text, strategy="greedy", max_new_tokens=GENERATION_TOKENS)
+
+    once()
+    per_token, tokens = [], 0
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        result = once()
+        tokens = len(result["token_ids"])
+        per_token.append((time.perf_counter() - t0) / tokens * 1e3)
+    return {"ms_per_token": statistics.median(per_token), "tokens": tokens}
+
+
+def litert_figures(bundle_dir, text: str = TEXT, runs: int = 200) -> dict[str, float]:
+    """Median tokenization and inference latency (ms) of the Python edge app, 1 thread."""
+    runner = python_runner(bundle_dir)
     for _ in range(20):
         runner.predict(runner.tokenize(text)[None])
     tok, inf = [], []
@@ -82,6 +134,10 @@ def page_figures(page, text: str = TEXT, runs: int = 200) -> dict[str, float]:
 def measure(bundle_dir, loads: int = 3, runs: int = 200, text: str = TEXT) -> dict:
     from playwright.sync_api import sync_playwright
 
+    task = json.loads((Path(bundle_dir) / "manifest.json").read_text()).get(
+        "task", "text_classification")
+    generation = task in GENERATION_TEXTS
+
     server, url = serve_in_thread(bundle_dir)
     try:
         with sync_playwright() as playwright:
@@ -100,20 +156,28 @@ def measure(bundle_dir, loads: int = 3, runs: int = 200, text: str = TEXT) -> di
                 load_ms.append(page.evaluate("window.edgeApp.readyMs"))
                 if len(load_ms) < loads:
                     context.close()
-            figures = page_figures(page, text, runs)
+            if generation:
+                figures = page.evaluate(PAGE_GENERATION_FIGURES,
+                                        [task, GENERATION_TEXTS[task], max(runs // 20, 1),
+                                         GENERATION_TOKENS])
+            else:
+                figures = page_figures(page, text, runs)
             context.close()
             browser.close()
     finally:
         server.shutdown()
         server.server_close()
-    return {"bundle": str(bundle_dir), "page_load_ms": load_ms,
-            "browser": figures, "ai_edge_litert": litert_figures(bundle_dir, text, runs)}
+    litert = litert_generation_figures(bundle_dir, task, max(runs // 20, 1)) if generation \
+        else litert_figures(bundle_dir, text, runs)
+    return {"bundle": str(bundle_dir), "task": task, "page_load_ms": load_ms,
+            "browser": figures, "ai_edge_litert": litert}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edge.web.measure",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", required=True, help="a text_classification bundle")
+    parser.add_argument("--bundle", required=True, help="a text_classification, "
+                        "translation or language_modeling bundle")
     parser.add_argument("--loads", type=int, default=3, help="page loads (default 3)")
     parser.add_argument("--runs", type=int, default=200, help="timed calls (default 200)")
     args = parser.parse_args(argv)
@@ -123,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"page ready after {statistics.median(result['page_load_ms']):.0f} ms (median of "
           f"{args.loads} cold loads), {b['download_bytes'] / 1e6:.2f} MB downloaded in "
           f"{b['requests']} requests")
+    if "ms_per_token" in b:
+        print(f"per generated token (greedy, {b['tokens']} tokens), 1 thread: browser "
+              f"{b['ms_per_token']:.3f} ms, ai-edge-litert {p['ms_per_token']:.3f} ms")
+        return 0
     print(f"per text, batch 1, 1 thread: browser tokenization {b['tokenize_ms']:.3f} ms + "
           f"inference {b['inference_ms']:.3f} ms (mean per text {b['per_text_mean_ms']:.3f}"
           f" ms); ai-edge-litert {p['tokenize_ms']:.3f} ms + {p['inference_ms']:.3f} ms "
