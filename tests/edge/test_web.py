@@ -322,11 +322,11 @@ def broken_bundle(source, tmp_path, how):
         manifest = json.loads((bundle / "manifest.json").read_text())
         manifest["task"] = "speech_recognition"
         (bundle / "manifest.json").write_text(json.dumps(manifest))
-    elif how == "not a model":
-        (bundle / "model.tflite").write_bytes(b"not a flatbuffer at all" * 8)
+    elif how in ("not a model", "not a tokenizer"):
+        name = "model.tflite" if how == "not a model" else "spm.model"
+        (bundle / name).write_bytes(b"not what it should be" * 8)
         manifest = json.loads((bundle / "manifest.json").read_text())
-        manifest["files"]["model.tflite"] = hashlib.sha256(
-            (bundle / "model.tflite").read_bytes()).hexdigest()
+        manifest["files"][name] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
         (bundle / "manifest.json").write_text(json.dumps(manifest))
     return bundle
 
@@ -337,6 +337,7 @@ def broken_bundle(source, tmp_path, how):
     ("no bundle", ["Bundle missing", "manifest.json"]),
     ("unsupported task", ["Unsupported task", "speech_recognition", "text_classification"]),
     ("not a model", ["Unsupported model", "model.tflite"]),
+    ("not a tokenizer", ["Unsupported tokenizer", "spm.model"]),
 ])
 def test_page_shows_bundle_errors_in_words(browser, edge_bundle, tmp_path, how, words):
     bundle = broken_bundle(edge_bundle, tmp_path, how)

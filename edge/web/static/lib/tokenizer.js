@@ -28,14 +28,24 @@ export class Tokenizer {
     this.maxTextBytes = maxTextBytes;
   }
 
-  // A tokenizer over the bytes of a .model file.
-  static async fromBytes(bytes, maxSequenceLength, padId = 0, maxTextBytes = null) {
+  // A tokenizer over the bytes of a .model file (`name` in messages).
+  static async fromBytes(bytes, maxSequenceLength, padId = 0, maxTextBytes = null,
+                         name = 'spm.model') {
     const processor = new SentencePieceProcessor();
+    let status = null;
     try {
       // The package's load() reads a path with node's fs; _loadModel takes the bytes.
+      // A failed load throws nothing: the processor's status says it.
       await processor._loadModel(bytes);
+      const check = processor.processor.status();
+      status = check.ToString();
+      check.delete();
     } catch (e) {
-      throw new BundleError(`the tokenizer is not a SentencePiece model: ${e.message ?? e}`);
+      status = String(e.message ?? e);
+    }
+    if (status !== 'OK') {
+      throw new BundleError(`Unsupported tokenizer: ${name} is not a SentencePiece model ` +
+                            `(${status}).`);
     }
     return new Tokenizer(processor, maxSequenceLength, padId, maxTextBytes);
   }
@@ -50,7 +60,7 @@ export class Tokenizer {
     const padId = manifest.getInt('pad_id', 0);
     const maxBytes = manifest.raw[bytesKey] == null ? null
       : manifest.getInt(bytesKey, undefined, 1);
-    return Tokenizer.fromBytes(files[name], length, padId, maxBytes);
+    return Tokenizer.fromBytes(files[name], length, padId, maxBytes, name);
   }
 
   // The ids of a text, unpadded and untruncated (after clipText).
