@@ -12,7 +12,8 @@ files, read-only, on 127.0.0.1:
 
 Anything else, a path that leaves its root (`..`, symlinks out of it, encoded slashes),
 or a method other than GET/HEAD gets an error status. Every response has `no-store`
-caching, so a bundle replaced on disk is what the page hashes next time.
+caching, so a bundle replaced on disk is what the page hashes next time, and the
+cross-origin isolation headers (COOP/COEP), which give the page fine-grained timers.
 """
 from __future__ import annotations
 
@@ -120,6 +121,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(length))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
+        # Cross-origin isolation (everything here is same-origin): performance.now() at
+        # 5 us instead of 100 us, for the latencies the page shows.
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
         self.end_headers()
 
     def _send(self, status: int, body: bytes, content_type: str, head: bool) -> None:
