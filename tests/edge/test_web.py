@@ -471,9 +471,11 @@ def test_image_page_classifies_a_picked_png_like_the_saved_model(browser, image_
     for i, image in enumerate(images):
         paths.append(tmp_path / f"test{i}.png")
         Image.fromarray(image[..., 0]).save(paths[-1])
-    # An RGB PNG twice the size: grey conversion and bilinear resize in the page.
+    # RGB images of other sizes: decoding, grey conversion and bilinear resize in the page.
     big = tmp_path / "big_rgb.png"
     Image.fromarray(images[0][..., 0]).convert("RGB").resize((56, 42)).save(big)
+    jpeg = tmp_path / "photo.jpg"
+    Image.fromarray(images[1][..., 0]).convert("RGB").resize((70, 50)).save(jpeg, quality=90)
     saved = tf.saved_model.load(image_run[1]["artifacts"]["saved_model"])
     served = [s.decode() for s in saved.signatures["serving_default"](
         image_bytes=tf.constant([p.read_bytes() for p in paths[:3]]))["label"].numpy()]
@@ -485,10 +487,11 @@ def test_image_page_classifies_a_picked_png_like_the_saved_model(browser, image_
             click_and_wait(p, lambda path=path: p.set_input_files("#image", str(path)))
             assert p.inner_text("#label") == label
             assert p.locator("#bars .bar-row").count() == 5
-        click_and_wait(p, lambda: p.set_input_files("#image", str(big)))
-        pixels = page.evaluate("Array.from(window.edgeApp.runner.last.pixels)")
-        assert pixels == runner.pixels(big).reshape(-1).astype(int).tolist()
-        assert p.inner_text("#label") == runner.run(str(big))["label"]
+        for path in (big, jpeg):
+            click_and_wait(p, lambda path=path: p.set_input_files("#image", str(path)))
+            pixels = page.evaluate("Array.from(window.edgeApp.runner.last.pixels)")
+            assert pixels == runner.pixels(path).reshape(-1).astype(int).tolist()
+            assert p.inner_text("#label") == runner.run(str(path))["label"]
         notes = tmp_path / "notes.png"
         notes.write_text("not an image")
         p.set_input_files("#image", str(notes))
