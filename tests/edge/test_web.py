@@ -198,7 +198,12 @@ def classification_page(browser, edge_bundle):
 
 
 def test_page_classifies_a_typed_sentence_like_the_saved_model(classification_page,
-                                                               classification, tmp_path):
+                                                               classification, edge_bundle,
+                                                               tmp_path):
+    # The bundle's signature has a -1 batch, which LiteRT.js cannot resize: the page
+    # runs it through static/lib/tflite.js (the batch fixed to 1).
+    manifest = json.loads((Path(edge_bundle) / "manifest.json").read_text())
+    assert manifest["signatures"]["serving_default"]["inputs"]["token_ids"]["shape"][0] == -1
     page = classification_page.page
     # The first test text on which the SavedModel is clear (top-1 ahead by 0.1): the
     # bfloat16 Keras model and the float exports may differ on a near tie.
