@@ -229,8 +229,10 @@ def test_page_classifies_a_typed_sentence_like_the_saved_model(classification_pa
 
 def test_token_ids_equal_sentencepiece_on_the_whole_test_split(classification_page,
                                                                classification, edge_bundle):
-    texts = classification["texts"] + HOSTILE_TEXTS + ["e\u0301t\u00e9 \ufb01 \u2163 Ａ１",
-                                                       "tab\there  two  spaces", "\u00a0"]
+    texts = classification["texts"] + HOSTILE_TEXTS + [
+        "e\u0301t\u00e9 \ufb01 \u2163 Ａ１", "tab\there  two  spaces", "\u00a0",
+        # max_text_bytes falls inside a 2-, 3- or 4-byte character: U+FFFD there
+        "a" + "\u00e4" * 5000, "ab" + "\u65e5" * 5000, "abc" + "\U0001f642" * 5000]
     runner = python_runner(edge_bundle)
     tokenizer = runner.tokenizer
     page_ids = classification_page.evaluate(
@@ -458,9 +460,20 @@ def test_language_model_page_streams_the_python_apps_greedy_text(browser, lm_run
             }
             return out;
         }""", [LM_PROMPTS, new_tokens])
+        sampled = page.evaluate("""async ([prompt, n]) => {
+            const out = [];
+            for (const seed of [7, 7, 8]) {
+                out.push((await window.edgeApp.runner.generate(prompt, {
+                    strategy: 'top_p', temperature: 1.0, top_p: 0.9, seed,
+                    max_new_tokens: n})).tokenIds);
+            }
+            return out;
+        }""", [LM_PROMPTS[0], new_tokens])
     assert [r["tokenIds"] for r in results] == [e["token_ids"] for e in expected]
     assert [r["generatedText"] for r in results] == [e["generated_text"] for e in expected]
     assert results[0]["generatedText"] == served_text
+    # Sampling in the page: the same seed gives the same ids, another seed may not.
+    assert sampled[0] == sampled[1] and all(0 < len(ids) <= new_tokens for ids in sampled)
 
 
 @pytest.mark.slow   # needs the trained debug run of the task
