@@ -248,14 +248,17 @@ def test_token_ids_equal_sentencepiece_on_the_whole_test_split(classification_pa
 
 
 def with_model(bundle, tflite, directory, variant):
-    """A copy of `bundle` whose model.tflite is `tflite` (the manifest's sha256 and variant
-    updated)."""
+    """A copy of `bundle` whose model.tflite is `tflite` (the manifest's sha256, variant
+    and signatures updated, as export.bundle writes them)."""
+    from export.tflite import signature_details
+
     shutil.copytree(bundle, directory)
     shutil.copyfile(tflite, directory / "model.tflite")
     manifest = json.loads((directory / "manifest.json").read_text())
     manifest["files"]["model.tflite"] = hashlib.sha256(
         (directory / "model.tflite").read_bytes()).hexdigest()
     manifest["variant"] = variant
+    manifest["signatures"] = signature_details(str(directory / "model.tflite"))
     (directory / "manifest.json").write_text(json.dumps(manifest))
     return directory
 
@@ -519,5 +522,19 @@ def test_image_page_classifies_a_picked_png_like_the_saved_model(browser, image_
             "rows => window.edgeApp.runner.probabilitiesBatch(rows)",
             [img.reshape(-1).tolist() for img in images]))
     expected = np.stack([runner.predict(img[None].astype(np.float32))[0] for img in images])
+    assert (got.argmax(1) == expected.argmax(1)).all()
+    assert np.abs(got - expected).max() <= 1e-4
+
+    # The full-int8 variant: uint8 pixels quantized with the manifest's parameters.
+    int8 = with_model(bundle, Path(bundle).parent / "int8.tflite", tmp_path / "int8", "int8")
+    manifest = json.loads((int8 / "manifest.json").read_text())
+    assert manifest["signatures"]["serving_default"]["inputs"]["pixels"]["dtype"] == "uint8"
+    runner = python_runner(int8)
+    expected = np.stack([runner.predict(img[None].astype(np.float32))[0] for img in images])
+    with web_page(browser, int8) as page:
+        page.ready()
+        got = np.array(page.evaluate(
+            "rows => window.edgeApp.runner.probabilitiesBatch(rows)",
+            [img.reshape(-1).tolist() for img in images]))
     assert (got.argmax(1) == expected.argmax(1)).all()
     assert np.abs(got - expected).max() <= 1e-4
