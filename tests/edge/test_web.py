@@ -6,7 +6,7 @@ which ships its own driver; no browser download) and opens the page that
 aborted and counted: the page must need none. One browser per session; each test opens
 its own page (a fresh context) on its own server thread.
 
-Set EDGE_WEB_SCREENSHOT=docs/web_classification.png to have the classification test
+Set EDGE_WEB_SCREENSHOT=docs/images/web_classification.png to have the classification test
 write its screenshot there (it always writes one under the test's tmp_path).
 """
 from __future__ import annotations
@@ -179,7 +179,7 @@ def test_cli_prints_the_url_and_refuses_without_npm_packages(edge_bundle, tmp_pa
 
 
 @pytest.fixture(scope="module")
-def classification(debug_run, debug_splits, saved_model_dir, edge_bundle):
+def classification(debug_run, debug_splits, saved_model_dir):
     """The debug run's test texts and the SavedModel's probabilities of them."""
     import tensorflow as tf
 
@@ -206,7 +206,7 @@ def test_page_classifies_a_typed_sentence_like_the_saved_model(classification_pa
     assert manifest["signatures"]["serving_default"]["inputs"]["token_ids"]["shape"][0] == -1
     page = classification_page.page
     # The first test text on which the SavedModel is clear (top-1 ahead by 0.1): the
-    # bfloat16 Keras model and the float exports may differ on a near tie.
+    # SavedModel and the quantized bundle may differ on a near tie.
     probabilities = classification["saved_probabilities"]
     top2 = np.sort(probabilities, axis=1)[:, -2:]
     i = int(np.argmax(top2[:, 1] - top2[:, 0] > 0.1))
