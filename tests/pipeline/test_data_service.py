@@ -269,6 +269,38 @@ def test_two_trainers_read_disjoint_shards_through_their_own_jobs(service, tmp_p
 
 
 @pytest.mark.slow
+def test_a_split_streamed_from_files_goes_through_the_service_by_file(service, tmp_path):
+    """A CSV split larger than data.sample_examples streams from 10 TFRecord
+    shards: the dispatcher hands whole files to the workers, and an epoch's
+    worth of the training stream holds the split's examples, each once."""
+    from pipeline.bench.corpus import write_corpus
+    from pipeline.input import tokenize_examples
+    from pipeline.workflow import prepare
+
+    corpus = write_corpus(str(tmp_path / "corpus"), rows=1000, eval_rows=100)
+    cfg = load_config(DEBUG_CONFIG, [
+        f"runtime.artifacts_root={tmp_path}", "data.source=csv",
+        f"data.train_path={corpus['train']}", f"data.validation_path={corpus['validation']}",
+        f"data.test_path={corpus['test']}", "data.max_examples_per_split=0",
+        "data.sample_examples=50", "data.examples_per_shard=100",
+        f"runtime.data_service={service['address']}"])
+    task = prepare(cfg, log=lambda *_: None)
+    assert not task.splits.complete("train")
+    split = collections.Counter(
+        example_key(e["token_ids"], e["label"]) for e in tokenize_examples(
+            task.splits.dataset("train"), task.preprocess).as_numpy_iterator())
+    batch = 20
+    stream = iter(task.train_dataset(batch))
+    keys = []
+    for _ in range(1000 // batch):
+        inputs, labels = next(stream)
+        keys += [example_key(row, label) for row, label in
+                 zip(inputs["token_ids"].numpy(), labels.numpy())]
+    assert all(k in split for k in keys)
+    assert len(set(keys)) / len(keys) > 0.95, len(set(keys))
+
+
+@pytest.mark.slow
 def test_training_through_the_service_reaches_the_metrics_of_local_input(
         service, debug_run, tmp_path, tfds_dir):
     local = debug_run[1]
