@@ -413,8 +413,30 @@ def load_texts(cfg: DataConfig) -> dict[str, list[str]]:
     return texts
 
 
-def _load_files(cfg: DataConfig, artifacts_root: str, log) -> TextSplits:
-    """CSV/JSONL rows prepared once into sharded TFRecords (`pipeline.prepared`)."""
+def load_corpus(cfg: DataConfig, artifacts_root: str = "artifacts",
+                log=print) -> TextSplits:
+    """A user's own unlabeled corpus (language modeling) as TextSplits whose one
+    label is "": "csv" and "jsonl" rows' `data.text_column`, or "text" files
+    with one text per non-empty line; files per split, or a stable 80/10/10
+    hash split of `data.train_path`. Streams as `load_splits` does (a split
+    larger than `data.sample_examples` is read from its prepared shards).
+    Raises DataError naming the file and row."""
+    if cfg.source not in ("csv", "jsonl", "text"):
+        raise DataError(f"config key 'data.source' = {cfg.source!r}: a corpus is read "
+                        "from 'csv', 'jsonl' or 'text' files")
+    if not cfg.train_path:
+        raise DataError("config key 'data.train_path' is empty: name the corpus file")
+    splits = _load_files(cfg, artifacts_root, log, label_column=None)
+    for s in SPLITS:
+        if splits.num_examples(s) == 0:
+            raise DataError(f"{cfg.source} {cfg.train_path}: split '{s}' has no texts")
+    return splits
+
+
+def _load_files(cfg: DataConfig, artifacts_root: str, log,
+                label_column: str | None = "") -> TextSplits:
+    """CSV/JSONL rows (or text lines, with no label: `label_column` None)
+    prepared once into sharded TFRecords (`pipeline.prepared`)."""
     import tensorflow as tf
 
     from pipeline import prepared
@@ -423,10 +445,12 @@ def _load_files(cfg: DataConfig, artifacts_root: str, log) -> TextSplits:
     for path in paths:
         if path and not os.path.isfile(path):
             raise DataError(f"data file not found: {path}")
+    if label_column == "":
+        label_column = cfg.label_column
     first_row = {}   # (split, label) -> where it first occurs
 
     def rows():
-        for split, path, number, text, label in _iter_split_rows(cfg, cfg.label_column):
+        for split, path, number, text, label in _iter_split_rows(cfg, label_column):
             first_row.setdefault((split, label), (path, number))
             yield split, text, label
 
@@ -434,18 +458,20 @@ def _load_files(cfg: DataConfig, artifacts_root: str, log) -> TextSplits:
         "source", "text_column", "label_column", "max_examples_per_split",
         "sample_examples", "examples_per_shard")}
     settings["splits"] = [bool(p) for p in paths]
+    settings["label_column"] = label_column
     out_dir = os.path.join(artifacts_root, "prepared",
                            f"{cfg.source}-{prepared.fingerprint(paths, settings)}")
     summary = prepared.prepare(out_dir, rows, SPLITS, cfg.examples_per_shard,
                                cfg.sample_examples, cfg.max_examples_per_split, log=log)
     info = summary["splits"]
-    names = list(cfg.labels) or sorted(info["train"]["labels"])
+    names = (list(cfg.labels) if label_column is not None else []) or \
+        sorted(info["train"]["labels"])
     index = {n: i for i, n in enumerate(names)}
     for split in SPLITS:
         unknown = [label for label in info[split]["labels"] if label not in index]
         if unknown:
             # The first unknown label's row (read again when the data is cached).
-            where = first_row or _first_rows(cfg)
+            where = first_row or _first_rows(cfg, label_column)
             path, number = min(where[(split, label)] for label in unknown)
             label = next(lab for lab in unknown if where[(split, lab)] == (path, number))
             known = ", ".join(_brief(n, 40) for n in names[:10])
@@ -473,10 +499,10 @@ def _load_files(cfg: DataConfig, artifacts_root: str, log) -> TextSplits:
                       os.path.basename(out_dir))
 
 
-def _first_rows(cfg: DataConfig) -> dict:
+def _first_rows(cfg: DataConfig, label_column: str | None) -> dict:
     """(split, label) -> (path, row number) of its first row."""
     first = {}
-    for split, path, number, _, label in _iter_split_rows(cfg, cfg.label_column):
+    for split, path, number, _, label in _iter_split_rows(cfg, label_column):
         first.setdefault((split, label), (path, number))
     return first
 

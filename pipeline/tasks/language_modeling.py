@@ -78,10 +78,15 @@ class LanguageModelingTask(Task):
 
     def __init__(self, cfg, log=print):
         super().__init__(cfg, log)
+        # Texts by split: all of them, or for a split of a user's corpus larger
+        # than data.sample_examples a seeded sample (the split streams from
+        # `self.corpus`'s files).
         self.texts: dict[str, list[str]] | None = None
+        self.corpus = None   # the user's corpus (pipeline.sources.load_corpus)
         self.tokenizer_path: str | None = None
         self._tokenizer = None
         self._train_tokens = None
+        self._train_token_count = None
         self._generate = {}
         self._score = {}
 
@@ -99,11 +104,16 @@ class LanguageModelingTask(Task):
             rows_of = self._read_fortunes()
             card = data_card(rows_of, cfg.data.fortunes_path)
         else:
-            from pipeline.sources import load_texts
+            from pipeline.sources import load_corpus
 
-            texts = load_texts(cfg.data)
-            rows_of = {split: [("corpus", t) for t in texts[split]] for split in SPLITS}
+            self.corpus = load_corpus(cfg.data, cfg.runtime.artifacts_root, log)
+            rows_of = {split: [("corpus", str(t)) for t in self.corpus.sample(split)[0]]
+                       for split in SPLITS}
             card = data_card(rows_of, cfg.data.train_path, name=f"{cfg.data.source} corpus")
+            for split in self._streamed_splits():   # lengths are of the sample
+                card["splits"][split].update(entries=self.corpus.num_examples(split),
+                                             length_sample=len(rows_of[split]))
+                card["categories"]["corpus"][split] = self.corpus.num_examples(split)
         self.texts = {split: [text for _, text in rows_of[split]] for split in SPLITS}
         write_json(self.path("data_card.json"), card)
         log(format_data_card(card))
@@ -134,22 +144,47 @@ class LanguageModelingTask(Task):
                               for row in rows]
         return rows_of
 
+    def _streamed_splits(self) -> list[str]:
+        """Splits read from files at every pass (a user's corpus larger than
+        data.sample_examples)."""
+        if self.corpus is None:
+            return []
+        return [s for s in SPLITS if not self.corpus.complete(s)]
+
     def num_examples(self, split: str) -> int:
         """Texts of a split; for "train", the packed rows of one epoch."""
         if split != "train":
-            return len(self.texts[split])
-        tokens = sum(len(ids) for ids in self.token_ids("train"))
+            return self.corpus.num_examples(split) if self.corpus else len(self.texts[split])
+        if "train" in self._streamed_splits():
+            if self._train_token_count is None:   # one streaming pass, counted in the graph
+                import tensorflow as tf
+
+                from pipeline.input import tokenize_examples
+
+                self._train_token_count = int(tokenize_examples(
+                    self._source("train"), self.preprocess, self._trim).reduce(
+                    tf.constant(0, tf.int64),
+                    lambda n, e: n + tf.size(e["token_ids"], out_type=tf.int64)))
+            tokens = self._train_token_count
+        else:
+            tokens = sum(len(ids) for ids in self.token_ids("train"))
         return max(tokens // (self.cfg.model.max_sequence_length + 1), 1)
 
     def sample(self, split, max_examples=0, seed=None):
         texts = self.texts[split]
         return [{"text": texts[i]} for i in sample_indices(len(texts), max_examples, seed)]
 
-    def _source(self, split):
+    def _source(self, split, input_context=None):
+        """{"text"} of the whole split, this input pipeline's share (a streamed
+        split by file, else by element)."""
         import tensorflow as tf
 
-        return tf.data.Dataset.from_tensor_slices(
-            {"text": np.array(self.texts[split], dtype=object)})
+        from pipeline.prepared import shard_elements
+
+        if split in self._streamed_splits():
+            return self.corpus.dataset(split, input_context).map(lambda e: {"text": e["text"]})
+        return shard_elements(tf.data.Dataset.from_tensor_slices(
+            {"text": np.array(self.texts[split], dtype=object)}), input_context)
 
     @property
     def tokenizer(self):
@@ -181,13 +216,17 @@ class LanguageModelingTask(Task):
         return {"token_ids": example["token_ids"][: example["length"]]}
 
     def token_ids(self, split: str) -> list[np.ndarray]:
-        """Every text of a split as its ids (`[bos] tokens [eos]`), through the
-        same in-graph tokenizer as training."""
+        """Every text of a split (of its sample, when it streams) as its ids
+        (`[bos] tokens [eos]`), through the same in-graph tokenizer as training."""
+        import tensorflow as tf
+
         from pipeline.input import tokenize_examples
 
         if split == "train" and self._train_tokens is not None:
             return self._train_tokens
-        data = tokenize_examples(self._source(split), self.preprocess, self._trim)
+        source = tf.data.Dataset.from_tensor_slices(
+            {"text": np.array(self.texts[split], dtype=object)})
+        data = tokenize_examples(source, self.preprocess, self._trim)
         ids = [example["token_ids"] for example in data.as_numpy_iterator()]
         if split == "train":
             self._train_tokens = ids
@@ -201,11 +240,10 @@ class LanguageModelingTask(Task):
         from pipeline.input import AUTOTUNE, tokenize_examples
 
         t, length = self.cfg.train, self.cfg.model.max_sequence_length
-        texts = self._source("train")
-        if input_context is not None and input_context.num_input_pipelines > 1:
-            texts = texts.shard(input_context.num_input_pipelines,
-                                input_context.input_pipeline_id)
-        texts = tokenize_examples(texts, self.preprocess, self._trim).cache()
+        texts = tokenize_examples(self._source("train", input_context), self.preprocess,
+                                  self._trim)
+        if "train" not in self._streamed_splits():
+            texts = texts.cache()
         texts = texts.shuffle(t.shuffle_buffer, seed=t.seed,
                               reshuffle_each_iteration=True).repeat()
 
@@ -255,7 +293,9 @@ class LanguageModelingTask(Task):
         (in length buckets, not in split order)."""
         from pipeline.input import AUTOTUNE, batch_examples, tokenize_examples
 
-        texts = tokenize_examples(self._source(split), self.preprocess, self._trim).cache()
+        texts = tokenize_examples(self._source(split), self.preprocess, self._trim)
+        if split not in self._streamed_splits():
+            texts = texts.cache()
         # Bucketed: perplexity is a sum over texts, so their order does not
         # matter, and most texts are far shorter than the longest.
         return batch_examples(texts, batch_size, self.cfg.model.max_sequence_length + 1,
@@ -420,7 +460,7 @@ class LanguageModelingTask(Task):
         samples = self.generate(model, g.prompts)
         test = {"perplexity": metrics["perplexity"], "loss": metrics["loss"],
                 "token_accuracy": metrics["token_accuracy"],
-                "texts": len(self.texts["test"]),
+                "texts": self.num_examples("test"),
                 "samples": [{"prompt": p, "text": s} for p, s in zip(g.prompts, samples)],
                 "sampler": {"strategy": g.strategy, "temperature": g.temperature,
                             "top_k": g.top_k, "top_p": g.top_p, "seed": g.seed,
@@ -440,6 +480,11 @@ class LanguageModelingTask(Task):
         if baseline:
             from pipeline.tokenizer import vocabulary_size
 
+            for split in self._streamed_splits():
+                if split in ("train", "test"):
+                    log(f"[baseline] {split}: a seeded sample of {len(self.texts[split]):,} "
+                        f"of {self.corpus.num_examples(split):,} texts "
+                        "(data.sample_examples)")
             result["baselines"] = ngram_baselines(
                 self.token_ids("train"), self.token_ids("test"),
                 vocabulary_size(self.tokenizer_path))

@@ -179,6 +179,38 @@ def test_a_corpus_of_your_own_in_each_format_gives_the_same_splits(task, tmp_pat
         load_texts(DataConfig(source="text"))
 
 
+def test_a_corpus_larger_than_the_sample_streams_from_its_files(task, tmp_path):
+    """The same corpus held in memory and streamed (data.sample_examples=20):
+    the same texts in each split, the same count of packed rows, the training
+    stream from the files, and evaluation over every text of the test split."""
+    from pipeline.sources import load_texts
+
+    _own_corpus(task, tmp_path)
+    base = [f"runtime.artifacts_root={tmp_path / 'artifacts'}", "data.source=text",
+            f"data.train_path={tmp_path / 'corpus.txt'}", "tokenizer.vocabulary_size=300"]
+    held = make_task(load_config(DEBUG_CONFIG, base), log=lambda *_: None)
+    held.prepare()
+    streamed = make_task(load_config(DEBUG_CONFIG, base + ["data.sample_examples=20"]),
+                         log=lambda *_: None)
+    streamed.prepare()
+    whole = load_texts(streamed.cfg.data)
+    assert held.texts == whole and held.corpus.complete("train")
+    assert streamed.corpus is not None and not streamed.corpus.complete("train")
+    assert len(streamed.texts["train"]) == 20
+    for split in ("train", "validation", "test"):
+        read = [e["text"].decode() for e in streamed._source(split).as_numpy_iterator()]
+        assert read == whole[split]
+        assert streamed.num_examples(split if split != "train" else "validation") == \
+            held.num_examples(split if split != "train" else "validation")
+    streamed.tokenizer_path = held.tokenizer_path   # the same ids on both sides
+    streamed._tokenizer = None
+    assert streamed.num_examples("train") == held.num_examples("train")
+    for a, b in zip(held.train_dataset(4).take(5), streamed.train_dataset(4).take(5)):
+        np.testing.assert_array_equal(a[0]["token_ids"], b[0]["token_ids"])
+    targets = sum(int(t["weights"].numpy().sum()) for _, t in streamed.eval_dataset("test", 8))
+    assert targets == sum(len(ids) - 1 for ids in held.token_ids("test"))
+
+
 @pytest.mark.slow
 def test_a_language_model_trains_on_a_plain_text_corpus(task, tmp_path, tfds_dir):
     from pipeline.files import hash_split
