@@ -393,23 +393,30 @@ def _split_rows(cfg: DataConfig, label_col: str | None) -> dict[str, list[tuple]
     return rows
 
 
-def load_texts(cfg: DataConfig) -> dict[str, list[str]]:
-    """A user's own unlabeled corpus (language modeling), by split: "csv" and
-    "jsonl" rows' `data.text_column`, or "text" files with one text per
-    non-empty line; files per split, or a stable 80/10/10 hash split of
-    `data.train_path`. Raises DataError naming the file and row."""
+def _check_corpus_config(cfg: DataConfig) -> None:
     if cfg.source not in ("csv", "jsonl", "text"):
         raise DataError(f"config key 'data.source' = {cfg.source!r}: a corpus is read "
                         "from 'csv', 'jsonl' or 'text' files")
     if not cfg.train_path:
         raise DataError("config key 'data.train_path' is empty: name the corpus file")
+
+
+def _require_texts(cfg: DataConfig, count) -> None:
+    for s in SPLITS:
+        if not count(s):
+            raise DataError(f"{cfg.source} {cfg.train_path}: split '{s}' has no texts")
+
+
+def load_texts(cfg: DataConfig) -> dict[str, list[str]]:
+    """`load_corpus`'s texts held whole in memory, by split: the reference the
+    streaming loader is tested against (the pipeline itself streams with
+    `load_corpus`). Raises DataError naming the file and row."""
+    _check_corpus_config(cfg)
     rows = _split_rows(cfg, None)
     texts = {s: [r[2] for r in rows[s]] for s in SPLITS}
     if cfg.max_examples_per_split:
         texts = {s: t[: cfg.max_examples_per_split] for s, t in texts.items()}
-    for s in SPLITS:
-        if not texts[s]:
-            raise DataError(f"{cfg.source} {cfg.train_path}: split '{s}' has no texts")
+    _require_texts(cfg, lambda s: texts[s])
     return texts
 
 
@@ -421,15 +428,9 @@ def load_corpus(cfg: DataConfig, artifacts_root: str = "artifacts",
     hash split of `data.train_path`. Streams as `load_splits` does (a split
     larger than `data.sample_examples` is read from its prepared shards).
     Raises DataError naming the file and row."""
-    if cfg.source not in ("csv", "jsonl", "text"):
-        raise DataError(f"config key 'data.source' = {cfg.source!r}: a corpus is read "
-                        "from 'csv', 'jsonl' or 'text' files")
-    if not cfg.train_path:
-        raise DataError("config key 'data.train_path' is empty: name the corpus file")
+    _check_corpus_config(cfg)
     splits = _load_files(cfg, artifacts_root, log, label_column=None)
-    for s in SPLITS:
-        if splits.num_examples(s) == 0:
-            raise DataError(f"{cfg.source} {cfg.train_path}: split '{s}' has no texts")
+    _require_texts(cfg, splits.num_examples)
     return splits
 
 

@@ -4,8 +4,9 @@ Data: the TFDS builder `fortunes` over the Debian package `fortunes`
 (`pipeline/datasets/fortunes.py`: one example per fortune, split by a stable
 hash of its text), or a corpus of the user's own (`data.source` "csv" or
 "jsonl" with `data.text_column`, or "text": one text per non-empty line;
-`pipeline.sources.load_texts`). Assets: a SentencePiece model trained on the train split
-only. Every text becomes `[bos] tokens [eos]`, its tokens cut at
+`pipeline.sources.load_corpus`, streamed when larger than
+`data.sample_examples`). Assets: a SentencePiece model trained on the train
+split (of its sample) only. Every text becomes `[bos] tokens [eos]`, its tokens cut at
 `model.max_sequence_length - 1`, so a text and its end fit one sequence of
 `max_sequence_length + 1` ids.
 
