@@ -12,6 +12,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from pipeline.config import ExperimentConfig
+from pipeline.prepared import shard_elements
 from pipeline.tokenizer import PAD_ID, InGraphTokenizer
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -136,12 +137,8 @@ def shard_source(source, input_context: tf.distribute.InputContext | None):
     """This input pipeline's share of `source`: a dataset (sharded here by
     element), or a function input_context -> dataset that shards itself (a
     source streamed from files shards by file)."""
-    if callable(source):
-        return source(input_context)
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        return source.shard(input_context.num_input_pipelines,
-                            input_context.input_pipeline_id)
-    return source
+    return source(input_context) if callable(source) else \
+        shard_elements(source, input_context)
 
 
 def make_train_dataset(source, preprocess,

@@ -33,6 +33,7 @@ import random
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from pipeline.files import (
     remove_stale_temps,
@@ -126,22 +127,47 @@ def fingerprint(paths: Iterable[str], settings: dict) -> str:
     return hashlib.sha256(json.dumps(digest, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def prepare(out_dir: str, rows: Callable[[], Iterable[tuple[str, str, str]]],
-            splits: Iterable[str], examples_per_shard: int, sample_examples: int,
-            max_examples_per_split: int = 0, log=print) -> dict:
-    """Writes `out_dir` from `rows()`, an iterator of (split, text, label);
-    reuses a complete `out_dir`. Returns its summary (`SUMMARY`)."""
+@dataclass
+class Prepared:
+    """A prepared directory: its path and summary (`SUMMARY`)."""
+    out_dir: str
+    summary: dict
+
+    @property
+    def name(self) -> str:
+        """`<kind>-<fingerprint>`: what the data depends on."""
+        return os.path.basename(self.out_dir)
+
+    def split(self, split: str) -> dict:
+        return self.summary["splits"][split]
+
+    def files(self, split: str) -> list[str]:
+        return [os.path.join(self.out_dir, f) for f in self.split(split)["files"]]
+
+
+def prepare(artifacts_root: str, kind: str, paths: Iterable[str], settings: dict,
+            rows: Callable[[], Iterable[tuple[str, str, str]]], splits: Iterable[str],
+            examples_per_shard: int, sample_examples: int,
+            max_examples_per_split: int = 0, log=print) -> Prepared:
+    """Writes `<artifacts_root>/prepared/<kind>-<fingerprint>/` from `rows()`,
+    an iterator of (split, text, label); the fingerprint is of the files
+    (`paths`), `settings` and the sizes. Reuses a complete directory."""
+    splits = list(splits)
+    key = {**settings, "splits": splits, "examples_per_shard": examples_per_shard,
+           "sample_examples": sample_examples,
+           "max_examples_per_split": max_examples_per_split}
+    out_dir = os.path.join(artifacts_root, "prepared",
+                           f"{kind}-{fingerprint(list(paths), key)}")
     summary_path = os.path.join(out_dir, SUMMARY)
     if os.path.isfile(summary_path):
         with open(summary_path, encoding="utf-8") as f:
-            return json.load(f)
+            return Prepared(out_dir, json.load(f))
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     remove_stale_temps(parent, temp_dir_pattern(r".+"))
     tmp = temp_dir_path(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    splits = list(splits)
     writers = {s: _ShardWriter(tmp, s, examples_per_shard) for s in splits}
     samples = {s: Reservoir(sample_examples) for s in splits}
     labels = {s: Counter() for s in splits}
@@ -168,7 +194,7 @@ def prepare(out_dir: str, rows: Callable[[], Iterable[tuple[str, str, str]]],
             writer.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return summary
+    return Prepared(out_dir, summary)
 
 
 def read_shards(files: list[str], input_context=None):

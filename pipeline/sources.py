@@ -210,9 +210,9 @@ def _tfds_splits(builder, specs: dict[str, str], example, names: list[str],
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    def read(split, read_config=None, batch_size=None):
+    def read(split, read_config=None):
         return builder.as_dataset(split=specs[split], shuffle_files=False,
-                                  read_config=read_config, batch_size=batch_size)
+                                  read_config=read_config)
 
     def convert(e):
         out = example(e)
@@ -226,7 +226,7 @@ def _tfds_splits(builder, specs: dict[str, str], example, names: list[str],
                             builder.info.splits[base].num_examples, log=log)
         # Batches: one example at a time reads ~5,000 examples/s.
         batches = read(split).batch(READ_BATCH).map(
-            lambda e: convert(e), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         for batch in tfds.as_numpy(batches):
             progress.update(len(batch["label"]))
             counts += np.bincount(batch["label"], minlength=len(names))
@@ -455,16 +455,12 @@ def _load_files(cfg: DataConfig, artifacts_root: str, log,
             first_row.setdefault((split, label), (path, number))
             yield split, text, label
 
-    settings = {k: getattr(cfg, k) for k in (
-        "source", "text_column", "label_column", "max_examples_per_split",
-        "sample_examples", "examples_per_shard")}
-    settings["splits"] = [bool(p) for p in paths]
-    settings["label_column"] = label_column
-    out_dir = os.path.join(artifacts_root, "prepared",
-                           f"{cfg.source}-{prepared.fingerprint(paths, settings)}")
-    summary = prepared.prepare(out_dir, rows, SPLITS, cfg.examples_per_shard,
-                               cfg.sample_examples, cfg.max_examples_per_split, log=log)
-    info = summary["splits"]
+    settings = {"source": cfg.source, "text_column": cfg.text_column,
+                "label_column": label_column, "paths": [bool(p) for p in paths]}
+    data_files = prepared.prepare(artifacts_root, cfg.source, paths, settings, rows,
+                                  SPLITS, cfg.examples_per_shard, cfg.sample_examples,
+                                  cfg.max_examples_per_split, log=log)
+    info = data_files.summary["splits"]
     names = (list(cfg.labels) if label_column is not None else []) or \
         sorted(info["train"]["labels"])
     index = {n: i for i, n in enumerate(names)}
@@ -492,12 +488,11 @@ def _load_files(cfg: DataConfig, artifacts_root: str, log,
         return {"text": e["text"], "label": tf.cast(tf.argmax(hits), tf.int32)}
 
     def stream(split, input_context=None):
-        files = [os.path.join(out_dir, f) for f in info[split]["files"]]
-        return prepared.read_shards(files, input_context).map(
+        return prepared.read_shards(data_files.files(split), input_context).map(
             class_id, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     return TextSplits(names, data, f"{cfg.source} {cfg.train_path}", stream,
-                      os.path.basename(out_dir))
+                      data_files.name)
 
 
 def _first_rows(cfg: DataConfig, label_column: str | None) -> dict:

@@ -152,7 +152,7 @@ def file_corpus(cfg: ExperimentConfig, path: str, log=print):
     """A .txt (a text per line), .csv or .jsonl (column `data.text_column`)
     file, prepared once into TFRecord shards (`pipeline.prepared`): (its texts
     in memory, or None when it has more than `data.sample_examples`; a stream
-    function; its size; its sample; its fingerprint)."""
+    function; its size; its sample; its prepared directory's name)."""
     from pipeline import prepared
     from pipeline.sources import _read_rows
 
@@ -170,21 +170,18 @@ def file_corpus(cfg: ExperimentConfig, path: str, log=print):
 
         def rows():
             return _text_file_rows(path)
-    settings = {"format": fmt, "text_column": d.text_column,
-                "sample_examples": d.sample_examples,
-                "examples_per_shard": d.examples_per_shard}
-    fp = prepared.fingerprint([path], settings)
-    out_dir = os.path.join(cfg.runtime.artifacts_root, "prepared", f"corpus-{fp}")
-    info = prepared.prepare(out_dir, rows, ["train"], d.examples_per_shard,
-                            d.sample_examples, log=log)["splits"]["train"]
+    data = prepared.prepare(cfg.runtime.artifacts_root, "corpus", [path],
+                            {"format": fmt, "text_column": d.text_column}, rows, ["train"],
+                            d.examples_per_shard, d.sample_examples, log=log)
+    info = data.split("train")
     sample = [text for text, _ in info["sample"]]
-    files = [os.path.join(out_dir, f) for f in info["files"]]
 
     def stream(input_context=None):
-        return prepared.read_shards(files, input_context).map(lambda e: e["text"])
+        return prepared.read_shards(data.files("train"), input_context).map(
+            lambda e: e["text"])
 
     complete = len(sample) == info["examples"]
-    return (sample if complete else None), stream, info["examples"], sample, fp
+    return (sample if complete else None), stream, info["examples"], sample, data.name
 
 
 def build_corpus(cfg: ExperimentConfig, splits: TextSplits, log=print
@@ -223,12 +220,12 @@ def build_corpus(cfg: ExperimentConfig, splits: TextSplits, log=print
             stats[TRAIN_SPLIT] = {"texts": splits.num_examples("train"),
                                   "streamed": found is None}
         else:
-            found, stream, count, sample, fp = file_corpus(cfg, source, log)
+            found, stream, count, sample, name = file_corpus(cfg, source, log)
             if found is None:
                 corpus.streams.append(stream)
                 corpus.stream_examples += count
                 corpus.sample.extend(sample)
-                corpus.parts.append(f"file:{fp}")
+                corpus.parts.append(f"file:{name}")
             stats[source] = {"texts": count, "streamed": found is None}
         if found is not None:
             texts.extend(found)
